@@ -9,6 +9,7 @@ m answers per question, consistency p, band half-width delta, clustering cut tau
 import atexit
 import math
 import re
+import threading
 from collections import Counter
 from fractions import Fraction
 
@@ -77,10 +78,20 @@ def extract_question(text: str | None) -> str | None:
 
 # --- Answer equivalence -----------------------------------------------------------------------
 
-_SPACING = re.compile(r"\\[,;:! ]|\\left|\\right|\s+")
+_SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+")  # not \leftarrow, \rightarrow
 _INTEGER = re.compile(r"[+-]?\d{1,15}")
 VERIFY_TIMEOUT_S = 2  # math-verify's own bound on one parse or comparison (signal.alarm, in the worker)
-DEADLINE_S = 5.0  # wall-clock bound per answer, enforced from outside by killing the worker
+DEADLINE_S = 5.0  # wall-clock bound per parse or comparison, enforced from outside by killing the worker
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """Index of the `}` that closes the `{` at `start`; -1 when it never closes."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return -1
 
 
 def normalize_answer(answer: str | None) -> str:
@@ -88,34 +99,110 @@ def normalize_answer(answer: str | None) -> str:
     if answer is None:
         return ""
     s = answer.strip().strip("$").strip()
-    if s.startswith("\\text{") and s.endswith("}"):
-        s = s[len("\\text{") : -1]
+    if s.startswith("\\text{") and s.endswith("}") and _closing_brace(s, len("\\text")) == len(s) - 1:
+        s = s[len("\\text{") : -1]  # one \text{...} around everything, not '\text{a}\text{b}'
     s = _SPACING.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
     if _INTEGER.fullmatch(s):
         s = str(int(s))  # '+007' and '7' are one answer
     return s
 
 
+def _provably_different(a, b) -> bool:
+    """True only when `a - b` is certainly not zero, so math-verify's `simplify(a - b).is_zero`
+    (its slowest step, 5-30 ms, and most of its time on text answers such as 'no solution', which
+    parse as products of symbols) cannot be True. False means "not shown": math-verify decides.
+    Values come from sympy's `evalf(30, strict=True)`, which raises rather than return a result
+    it cannot vouch for (cancellation, a hidden zero); a value above 1e-6 is therefore nonzero.
+    - No Float on either side (exact arithmetic): a - b is a constant with a nonzero value, or a
+      polynomial in its free symbols with a nonzero value at one integer point (so not the zero
+      polynomial).
+    - Floats on one side only: the other side holds every free symbol, is exact and is a
+      polynomial that takes two different values (nonconstant), which rounding of the constant
+      side cannot cancel."""
+    from sympy import Dummy, Expr, Float, Integer
+
+    if not (isinstance(a, Expr) and isinstance(b, Expr)):
+        return False  # sets, tuples, relations, matrices: left to math-verify
+
+    def nonzero(e, point: dict) -> bool:
+        try:
+            value = abs(e.evalf(30, subs=point, strict=True))
+        except ArithmeticError:  # PrecisionExhausted: cannot tell it from zero
+            return False
+        return bool(value.is_Number and value.is_finite and value > 1e-6)
+
+    exact_a, exact_b = not a.has(Float), not b.has(Float)
+    if exact_a and exact_b:
+        d = a - b
+        symbols = sorted(d.free_symbols, key=str)
+        if symbols and not d.is_polynomial(*symbols):
+            return False
+        return nonzero(d, {x: Integer(1009 + 2 * k) for k, x in enumerate(symbols)})
+    for side, other, exact in ((a, b, exact_a), (b, a, exact_b)):
+        symbols = sorted(side.free_symbols, key=str)
+        if exact and symbols and not other.free_symbols and side.is_polynomial(*symbols):
+            at_u = {x: Dummy() for x in symbols}
+            at_w = {x: Dummy() for x in symbols}
+            point = {at_u[x]: Integer(1009 + 2 * k) for k, x in enumerate(symbols)}
+            point.update({at_w[x]: Integer(1010 + 2 * k) for k, x in enumerate(symbols)})
+            return nonzero(side.xreplace(at_u) - side.xreplace(at_w), point)
+    return False
+
+
+def _fast_symbolic_eq(original):
+    """math-verify's `sympy_symbolic_eq` with `_provably_different` tried first: the same answers,
+    sooner (it returns False exactly where the original could only return False)."""
+
+    def symbolic_eq(a, b) -> bool:
+        try:
+            if _provably_different(a, b):
+                return False
+        except Exception:  # noqa: BLE001 - "not shown"; math-verify's timeout (a BaseException) passes
+            pass
+        return original(a, b)
+
+    return symbolic_eq
+
+
 def _verify_worker(conn) -> None:
     """Child process: answers one item at a time, so the parent can bound each one. math-verify's
-    signal.alarm timeouts work here (its main thread); a hang in C code is the parent's to kill."""
+    signal.alarm timeouts work here (its main thread); a hang in C code is the parent's to kill.
+    Two shortcuts that change no answer: two different integers are not equivalent (as in the
+    parent; such a pair is neither parsed nor verified), and math-verify's symbolic step is skipped
+    where `_provably_different` shows it would fail. Parses and verdicts are cached for the
+    worker's life; a parse that times out is cached as unparseable (math-verify lets its
+    TimeoutException through), so it costs its 2 s once."""
     import logging
 
+    import math_verify.grader
     from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
 
     logging.disable(logging.WARNING)
-    cache: dict[str, list] = {}
+    if hasattr(math_verify.grader, "sympy_symbolic_eq"):
+        math_verify.grader.sympy_symbolic_eq = _fast_symbolic_eq(math_verify.grader.sympy_symbolic_eq)
+    cache: dict[str, list] = {}  # normalized answer -> math-verify's parse
+    verdicts: dict[tuple[str, str], bool] = {}  # (gold, pred) -> verify's answer
 
     def parsed(s: str) -> list:
         if s not in cache:
             if len(cache) > 100_000:
                 cache.clear()
-            cache[s] = parse("\\boxed{" + s + "}", parsing_timeout=VERIFY_TIMEOUT_S)
+            try:
+                cache[s] = parse("\\boxed{" + s + "}", parsing_timeout=VERIFY_TIMEOUT_S)
+            except TimeoutException:  # a BaseException that parse lets through: unparseable, once
+                cache[s] = []
         return cache[s]
 
     def same(gold: str, pred: str) -> bool:
-        g, p = parsed(gold), parsed(pred)
-        return bool(g and p and verify(g, p, timeout_seconds=VERIFY_TIMEOUT_S))
+        if gold != pred and _INTEGER.fullmatch(gold) and _INTEGER.fullmatch(pred):
+            return False  # normalized integers: different strings, different numbers
+        if (gold, pred) not in verdicts:  # the same pair recurs across questions ('0' vs '1/2')
+            if len(verdicts) > 500_000:
+                verdicts.clear()
+            g, p = parsed(gold), parsed(pred)
+            verdicts[gold, pred] = bool(g and p and verify(g, p, timeout_seconds=VERIFY_TIMEOUT_S))
+        return verdicts[gold, pred]
 
     conn.send("ready")
     while True:
@@ -126,7 +213,16 @@ def _verify_worker(conn) -> None:
         for gold, pred in items if kind == "pairs" else ():
             conn.send(same(gold, pred))
         for s in items if kind == "group" else ():  # the group of the first representative it matches
-            group = next((g for g, rep in reps if same(rep, s)), n_groups)
+            group = n_groups
+            if not _INTEGER.fullmatch(s) and reps:
+                parsed(s)  # the newcomer first: a parse that hangs is charged to it, not to a representative
+                conn.send(None)  # a tick after each step: the parent's clock bounds one step, not the item
+            for k, (g, rep) in enumerate(reps):
+                if k:
+                    conn.send(None)
+                if same(rep, s):
+                    group = g
+                    break
             conn.send(group)
             if group == n_groups:
                 reps.append((group, s))
@@ -134,6 +230,7 @@ def _verify_worker(conn) -> None:
 
 
 _worker: list = []  # [process, connection] while a worker is alive
+_worker_lock = threading.Lock()  # one request at a time on the pipe, whichever thread asks
 
 
 def _stop_worker() -> None:
@@ -151,6 +248,8 @@ atexit.register(_stop_worker)
 def _worker_conn():
     import multiprocessing
 
+    if _worker and not _worker[0].is_alive():
+        _stop_worker()  # died between calls (killed from outside, out of memory): start afresh
     if not _worker:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
         parent, child = ctx.Pipe()
@@ -158,7 +257,11 @@ def _worker_conn():
         process.start()
         child.close()
         _worker.extend([process, parent])
-        if not parent.poll(120) or parent.recv() != "ready":
+        try:
+            ready = parent.poll(120) and parent.recv() == "ready"
+        except (EOFError, OSError):  # the child died while starting (e.g. math-verify missing)
+            ready = False
+        if not ready:
             _stop_worker()
             raise RuntimeError("the math-verify worker did not start; is math-verify installed?")
     return _worker[1]
@@ -166,27 +269,34 @@ def _worker_conn():
 
 def _verify_stream(kind: str, items: list) -> list:
     """One result per item ("pairs": bool; "group": group number, new groups numbered in order),
-    each within DEADLINE_S per comparison. An item past its deadline kills the worker and counts as
-    not equivalent (False, or a group of its own that nothing else joins); the rest go on in a
-    fresh worker."""
+    each parse or comparison within DEADLINE_S (in group mode the worker ticks after each step).
+    An item past its deadline kills the worker and counts as not equivalent (False, or a group of
+    its own that nothing else joins); the rest go on in a fresh worker."""
     out: list = []
     reps: list = []  # group: (group number, answer) of each representative so far
     n_groups = 0
-    while len(out) < len(items):
-        conn = _worker_conn()
-        conn.send((kind, items[len(out) :], list(reps), n_groups))
-        try:
-            while len(out) < len(items):
-                if not conn.poll(DEADLINE_S * (1 + len(reps))):
-                    raise TimeoutError
-                out.append(conn.recv())
-                if kind == "group" and out[-1] == n_groups:
-                    reps.append((n_groups, items[len(out) - 1]))
-                    n_groups += 1
-        except (TimeoutError, EOFError, OSError):
-            _stop_worker()
-            out.append(False if kind == "pairs" else n_groups)
-            n_groups += kind == "group"
+    with _worker_lock:
+        while len(out) < len(items):
+            conn = _worker_conn()
+            try:
+                conn.send((kind, items[len(out) :], list(reps), n_groups))
+                while len(out) < len(items):
+                    if not conn.poll(DEADLINE_S):
+                        raise TimeoutError
+                    answer = conn.recv()
+                    if answer is None:  # a tick: one parse or comparison done in time, more to come
+                        continue
+                    out.append(answer)
+                    if kind == "group" and out[-1] == n_groups:
+                        reps.append((n_groups, items[len(out) - 1]))
+                        n_groups += 1
+            except (TimeoutError, EOFError, OSError):
+                _stop_worker()
+                out.append(False if kind == "pairs" else n_groups)
+                n_groups += kind == "group"
+            except BaseException:  # interrupted mid-stream: never leave unread answers in the pipe
+                _stop_worker()
+                raise
     return out
 
 
@@ -266,7 +376,7 @@ def pairwise_bleu(questions: list[str]):
     lengths = np.array([len(t) for t in tokens], dtype=np.float64)
     b = len(tokens)
     log_p = np.zeros((b, b))
-    unigram_matches = None
+    has_unigram = None
     for n in range(1, 5):
         vocab: dict = {}
         rows, cols = [], []
@@ -277,17 +387,24 @@ def pairwise_bleu(questions: list[str]):
                 rows.append(i)
                 cols.append(vocab.setdefault((gram, seen[gram]), len(vocab)))
         x = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(b, max(len(vocab), 1)))
-        matches = (x @ x.T).toarray()
-        denominator = np.maximum(1.0, lengths - n + 1)[:, None]
-        precision = np.where(matches > 0, matches, 0.1) / denominator  # method1: epsilon 0.1
-        log_p += 0.25 * np.log(precision)
+        precision = (x @ x.T).toarray()  # clipped matches, turned into log precision in place
         if n == 1:
-            unigram_matches = matches
+            has_unigram = precision > 0
+        precision[precision == 0] = 0.1  # method1: epsilon 0.1 for a zero count
+        precision /= np.maximum(1.0, lengths - n + 1)[:, None]
+        np.log(precision, out=precision)
+        precision *= 0.25
+        log_p += precision
     ref_len = lengths[None, :]
-    hyp_len = np.broadcast_to(lengths[:, None], (b, b))
+    hyp_len = lengths[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        brevity = np.where(hyp_len > ref_len, 1.0, np.exp(1.0 - ref_len / hyp_len))
-    return np.where((unigram_matches > 0) & (hyp_len > 0), brevity * np.exp(log_p), 0.0)
+        brevity = 1.0 - ref_len / hyp_len
+    np.exp(brevity, out=brevity)
+    np.copyto(brevity, 1.0, where=hyp_len > ref_len)
+    bleu = np.exp(log_p, out=log_p)
+    bleu *= brevity
+    bleu[~(has_unigram & (hyp_len > 0))] = 0.0
+    return bleu
 
 
 def repetition_penalty(questions: list[str], threshold: float = 0.5, weight: float = 1.0) -> list[float]:
@@ -297,16 +414,14 @@ def repetition_penalty(questions: list[str], threshold: float = 0.5, weight: flo
     `distance_threshold`); C(i) the cluster holding q_i, lambda = weight, B = len(questions)."""
     import numpy as np
     from scipy.cluster.hierarchy import linkage
-    from scipy.spatial.distance import squareform
 
     b = len(questions)
     if b == 0:
         return []
     if b == 1:
         return [weight]
-    upper = np.triu(1.0 - pairwise_bleu(questions), k=1)
-    distance = upper + upper.T
-    merges = linkage(squareform(distance, checks=False), method="average")
+    condensed = 1.0 - pairwise_bleu(questions)[np.triu_indices(b, k=1)]  # d(i, j), i < j, row by row
+    merges = linkage(condensed, method="average")
     parent = list(range(2 * b - 1))
 
     def root(i: int) -> int:

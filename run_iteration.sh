@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# R-Zero, iteration by iteration (arXiv 2508.05004). One iteration k:
+#   1. train the Challenger (GRPO) against the frozen Solver of k-1:
+#      reward = max(0, uncertainty 1-2|p-1/2| - repetition penalty)
+#   2. the Challenger writes N candidate questions
+#   3. the Solver of k-1 answers each one m times: majority = pseudo-label y, agreement = p
+#   4. keep the questions with |p - 1/2| <= delta
+#   5. train the Solver (GRPO) on them: reward 1 when its answer matches y
+#   6. evaluate the new Solver; write the run's report
+# Each stage skips itself when its output is complete, so rerunning this script after an
+# interruption picks up at the first incomplete stage.
+#
+# Default: the micro-world demo on a CPU (builds the tiny base once, ~7 min; then 3 iterations in
+# a few minutes). Real model on one GPU:  BASE_MODEL=Qwen/Qwen3-4B-Base RUN=q4b bash run_iteration.sh
+# Controls:  CHALLENGER=base (untrained Challenger, the paper's "Base Challenger" baseline)
+#            LABELS=truth    (micro-world only: true labels instead of the vote, the upper bound)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# --- Knobs (environment overrides every one) -------------------------------------------------------
+: "${BASE_MODEL:=micro}"      # base model folder or Hub id; "micro" = build or find the micro-world base
+: "${RUN:=demo}"              # run name: artifacts in runs/$RUN/iterNN/<stage>
+: "${ITERATIONS:=3}"          # K: iterations to run (the paper reports 3)
+: "${FIRST_ITERATION:=1}"     # start here (earlier iterations must be complete)
+: "${CHALLENGER:=trained}"    # trained | base: skip step 1 and generate with the untrained base (control)
+: "${LABELS:=vote}"           # vote | truth: true labels from the safe evaluator (micro-world upper bound)
+: "${EVAL_TASKS:=}"           # lm-eval tasks for step 6 (default below: rzero_micro or rzero_all)
+: "${PYTHON:=python}"         # interpreter with requirements.txt installed
+
+if [[ "$BASE_MODEL" == micro ]]; then
+  # The paper's constants scaled to a 1.7M-parameter model on 2 CPU cores, each with its reason.
+  : "${N:=384}"                 # enough distinct questions for ~100 kept ones (paper: 8000)
+  : "${M:=8}"                   # votes per question; 8 keeps 2-6 agreeing votes in the band (paper: 10)
+  : "${CHALLENGER_STEPS:=4}"    # the Challenger only needs to drift toward harder questions (paper: 5)
+  : "${CHALLENGER_PROMPTS:=16}" # x group size 4 = 64 questions per reward batch (paper: 512 x 4)
+  : "${SOLVER_STEPS:=24}"       # enough updates to move a tiny model (paper: 15 of 512 prompts)
+  : "${SOLVER_PROMPTS:=16}"     # questions per Solver step (paper: 512)
+  : "${LR:=1e-3}"               # a tiny model with LoRA needs a large step (paper: 1e-6, full fine-tuning)
+  : "${LORA_RANK:=32}"          # a sizeable share of a hidden size of 192
+  : "${MAX_NEW_TOKENS:=96}"     # the longest micro-world solution is ~70 tokens (paper: 4096)
+  : "${MICRO_BATCH:=64}"        # CPU: one forward pass per step is fastest
+  : "${EXTRA_SOLVER_FLAGS:=}"
+fi
+: "${N:=8000}"                  # N: Challenger samples per iteration (paper)
+: "${M:=10}"                    # m: Solver answers per question (paper)
+: "${DELTA:=0.25}"              # delta: keep |p - 1/2| <= delta (paper)
+: "${TAU:=0.5}"                 # tau: repetition-penalty clustering cut on 1 - BLEU (paper)
+: "${CHALLENGER_STEPS:=5}"      # Challenger optimizer steps (paper)
+: "${CHALLENGER_PROMPTS:=64}"   # Challenger prompts per step, x 4 completions (paper: 512 on 8 GPUs)
+: "${SOLVER_STEPS:=15}"         # Solver optimizer steps (paper)
+: "${SOLVER_PROMPTS:=128}"      # Solver questions per step, x 5 completions (paper: 512 on 8 GPUs)
+: "${LR:=1e-5}"                 # LoRA learning rate (paper: 1e-6 for full fine-tuning)
+: "${LORA_RANK:=64}"            # LoRA rank for both roles
+: "${MAX_NEW_TOKENS:=4096}"     # max tokens per completion, both roles (paper)
+: "${MICRO_BATCH:=8}"           # completions per forward/backward pass on one GPU
+: "${SOLVER_SERVER:=0}"         # 1: serve the frozen Solver with `vllm serve` for step 1 (GPU box)
+: "${SOLVER_PORT:=8011}"        # port of that server
+: "${SEED:=0}"
+
+# --- Derived names, in one place -------------------------------------------------------------------
+RUN_DIR="runs/$RUN"
+mkdir -p "$RUN_DIR"
+LOG="$RUN_DIR/run.log"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
+iter_dir() { printf '%s/iter%02d' "$RUN_DIR" "$1"; }
+# time one stage; the report reads these
+stage() { local name=$1; shift; local t0=$SECONDS; log "$name"; "$@"; printf '%s\t%s\t%s\n' "$k" "$name" "$((SECONDS - t0))" >> "$RUN_DIR/stage_times.tsv"; }
+
+if [[ "$BASE_MODEL" == micro ]]; then
+  log "micro-world base: build or find in the cache"
+  BASE_MODEL=$($PYTHON stages/build_base.py)
+  : "${EVAL_TASKS:=rzero_micro}"
+fi
+: "${EVAL_TASKS:=rzero_all}"
+log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABELS"
+
+solver_pid=""
+stop_solver_server() { if [[ -n "$solver_pid" ]]; then kill "$solver_pid" 2>/dev/null || true; wait "$solver_pid" 2>/dev/null || true; solver_pid=""; fi; }
+trap stop_solver_server EXIT
+start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
+  local lora=() t0=$SECONDS
+  [[ -n "$1" ]] && lora=(--enable-lora --max-lora-rank "$LORA_RANK" --lora-modules "adapter=$1")
+  vllm serve "$BASE_MODEL" --port "$SOLVER_PORT" --gpu-memory-utilization 0.3 "${lora[@]}" >> "$RUN_DIR/solver_server.log" 2>&1 &
+  solver_pid=$!
+  until curl -sf "http://127.0.0.1:$SOLVER_PORT/health" > /dev/null; do
+    kill -0 "$solver_pid" 2>/dev/null || { log "Solver server died; see $RUN_DIR/solver_server.log"; exit 1; }
+    (( SECONDS - t0 < 600 )) || { log "Solver server not healthy after 600 s"; exit 1; }
+    sleep 2
+  done
+  SOLVER_FLAGS=(--solver-backend server --solver-url "http://127.0.0.1:$SOLVER_PORT/v1")
+}
+
+k=0
+stage evaluate $PYTHON stages/evaluate.py \
+  --base-model "$BASE_MODEL" \
+  --tasks "$EVAL_TASKS" \
+  --output "$(iter_dir 0)/evaluate"
+
+for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
+  here=$(iter_dir "$k")
+  prev=$(iter_dir $((k - 1)))
+  prev_solver=""; prev_challenger=""
+  if (( k > 1 )); then prev_solver="$prev/solver"; prev_challenger="$prev/challenger"; fi
+  log "=== iteration $k ==="
+
+  # 1. Challenger: questions that split the frozen Solver of k-1 evenly
+  challenger=""
+  if [[ "$CHALLENGER" == trained ]]; then
+    SOLVER_FLAGS=()
+    if [[ "$SOLVER_SERVER" == 1 && ! -f "$here/challenger/DONE" ]]; then start_solver_server "$prev_solver"; fi
+    stage challenger $PYTHON stages/train_challenger.py \
+      --base-model "$BASE_MODEL" \
+      --iteration "$k" \
+      --challenger-adapter "$prev_challenger" \
+      --solver-adapter "$prev_solver" \
+      --output "$here/challenger" \
+      --m "$M" \
+      --tau "$TAU" \
+      --steps "$CHALLENGER_STEPS" \
+      --prompts-per-step "$CHALLENGER_PROMPTS" \
+      --learning-rate "$LR" \
+      --lora-rank "$LORA_RANK" \
+      --lora-alpha $((2 * LORA_RANK)) \
+      --micro-batch-size "$MICRO_BATCH" \
+      --max-new-tokens "$MAX_NEW_TOKENS" \
+      --solver-max-new-tokens "$MAX_NEW_TOKENS" \
+      --seed "$SEED" \
+      "${SOLVER_FLAGS[@]}"
+    stop_solver_server
+    challenger="$here/challenger"
+  fi
+
+  # 2. N candidate questions from the Challenger of k (or the untrained base: the control)
+  stage questions $PYTHON stages/generate_questions.py \
+    --base-model "$BASE_MODEL" \
+    --iteration "$k" \
+    --challenger-adapter "$challenger" \
+    --output "$here/questions" \
+    --num-samples "$N" \
+    --max-new-tokens "$MAX_NEW_TOKENS" \
+    --seed "$SEED"
+
+  # 3-4. majority-vote pseudo-labels from the Solver of k-1, band filter |p - 1/2| <= delta
+  stage labeled $PYTHON stages/label_questions.py \
+    --base-model "$BASE_MODEL" \
+    --iteration "$k" \
+    --questions "$here/questions" \
+    --solver-adapter "$prev_solver" \
+    --output "$here/labeled" \
+    --m "$M" \
+    --delta "$DELTA" \
+    --label-source "$LABELS" \
+    --max-new-tokens "$MAX_NEW_TOKENS" \
+    --seed "$SEED"
+
+  # 5. the Solver of k learns the kept questions' pseudo-labels
+  stage solver $PYTHON stages/train_solver.py \
+    --base-model "$BASE_MODEL" \
+    --iteration "$k" \
+    --train "$here/labeled" \
+    --solver-adapter "$prev_solver" \
+    --output "$here/solver" \
+    --steps "$SOLVER_STEPS" \
+    --prompts-per-step "$SOLVER_PROMPTS" \
+    --learning-rate "$LR" \
+    --lora-rank "$LORA_RANK" \
+    --lora-alpha $((2 * LORA_RANK)) \
+    --micro-batch-size "$MICRO_BATCH" \
+    --max-new-tokens "$MAX_NEW_TOKENS" \
+    --seed "$SEED" \
+    ${EXTRA_SOLVER_FLAGS:-}
+
+  # 6. evaluate the new Solver; one-screen summary and the run's report
+  stage evaluate $PYTHON stages/evaluate.py \
+    --base-model "$BASE_MODEL" \
+    --adapter "$here/solver" \
+    --iteration "$k" \
+    --tasks "$EVAL_TASKS" \
+    --output "$here/evaluate"
+  $PYTHON stages/report.py --run "$RUN_DIR" --output "$RUN_DIR/report" | tee -a "$LOG"
+done
+log "run $RUN complete: $RUN_DIR/report/report.md"

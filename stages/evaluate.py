@@ -1,0 +1,105 @@
+"""Evaluate the base model or base + a Solver adapter with lm-eval-harness on the kit's tasks.
+
+Reads: the base model, optionally a LoRA adapter, a task list (tasks under eval/tasks:
+rzero_micro, rzero_math, rzero_mmlu_pro, rzero_supergpqa, rzero_bbeh, rzero_all, ...).
+Writes: `results.json` (lm-eval's results), `samples_<task>.jsonl` (every prompt, output and
+score), `summary.json` (accuracy per task and group, and the paper's MATH-avg / Overall when
+those tasks ran), `DONE`.
+
+Protocol (DESIGN.md section 6): 0-shot, greedy, the Solver prompt through the chat template
+(Qwen3's thinking switch off), the last \\boxed{} scored with math-verify; multiple choice by the
+option letter in \\boxed{} (no letter = wrong). lm-eval's hf backend on CPU or GPU; its vllm
+backend with the LoRA when vLLM is installed on a GPU box.
+
+Examples:
+  python stages/evaluate.py --base-model ~/.cache/rzero/micro-0123abcd --tasks rzero_micro \\
+      --output runs/demo/iter00/evaluate
+  python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --adapter runs/q4b/iter02/solver \\
+      --tasks rzero_all --output runs/q4b/iter02/evaluate
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+import artifacts
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
+    adapter: str = typer.Option("", help="LoRA adapter to evaluate on the base; empty = the base alone.", rich_help_panel="Inputs"),
+    iteration: int = typer.Option(0, min=0, help="Iteration k of the adapter (0 = the base), recorded for the report.", rich_help_panel="Inputs"),
+    tasks: str = typer.Option("rzero_micro", help="Comma-separated lm-eval tasks or groups from eval/tasks.", rich_help_panel="Method"),
+    output: Path = typer.Option(..., help="Folder for results, per-sample logs and summary.", rich_help_panel="Outputs"),
+    overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
+    limit: float = typer.Option(0, help="Questions per task (0 = all; <1 = a fraction): a quick look, not a score.", rich_help_panel="Method"),
+    backend: str = typer.Option("auto", help="lm-eval model backend: auto (vllm on a GPU if installed, else hf), hf, vllm.", rich_help_panel="Sampling"),
+    batch_size: str = typer.Option("64", help="lm-eval batch size (an int, or 'auto').", rich_help_panel="Sampling"),
+    max_new_tokens: int = typer.Option(0, help="Override every task's max new tokens (0 = the task's: 4096 math, 8192 general).", rich_help_panel="Sampling"),
+):
+    """Greedy accuracy on lm-eval tasks; results, samples and a compact summary."""
+    args = dict(locals())
+    artifacts.log(f"evaluate: {args}")
+    if adapter:
+        artifacts.require_complete(adapter, "--adapter", "stages/train_solver.py")
+        artifacts.check_lineage(base_model, iteration, {"--adapter": (adapter, iteration)})
+    partial = artifacts.begin(output, overwrite)
+    if partial is None:
+        artifacts.log(f"evaluate: {output} is complete, skipping (--overwrite to redo)")
+        return
+
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    sys.path.insert(0, str(TASKS_DIR.parent))
+    from overall import paper_scores
+
+    import generation
+
+    t0 = time.time()
+    if backend == "auto":
+        backend = "vllm" if generation._vllm_usable() else "hf"
+    model_args = dict(pretrained=base_model, enable_thinking=False)
+    if backend == "hf":
+        model_args.update(dtype="bfloat16" if torch.cuda.is_available() else "float32")
+        if adapter:
+            model_args["peft"] = adapter
+    elif adapter:
+        model_args.update(lora_local_path=adapter, max_lora_rank=64)
+    task_names = [t.strip() for t in tasks.split(",") if t.strip()]
+    manager = TaskManager(include_path=str(TASKS_DIR), metadata=dict(model_args))
+    unknown = [t for t in task_names if t not in manager.all_tasks]
+    if unknown:
+        artifacts.fail(f"unknown task(s) {unknown}; the kit's tasks are: "
+                       f"{sorted(t for t in manager.all_tasks if t.startswith('rzero_'))}")
+    results = simple_evaluate(
+        model=backend, model_args=model_args, tasks=task_names, task_manager=manager, batch_size=batch_size,
+        apply_chat_template=True, limit=limit or None, log_samples=True,
+        gen_kwargs=dict(max_gen_toks=max_new_tokens) if max_new_tokens else None,
+    )
+    for task, samples in results.pop("samples").items():
+        with open(partial / f"samples_{task}.jsonl", "w") as f:
+            f.writelines(json.dumps(s, default=str) + "\n" for s in samples)
+    (partial / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+    scores = {task: r["acc,none"] for task, r in results["results"].items() if "acc,none" in r}
+    counts = {task: n.get("effective", n.get("original")) for task, n in results.get("n-samples", {}).items()}
+    summary = dict(stage="evaluate", iteration=iteration, base_identity=artifacts.base_identity(base_model),
+                   args={k: str(v) for k, v in args.items()}, backend=backend, scores=scores, samples=counts,
+                   paper=paper_scores(results), limited=bool(limit), seconds=round(time.time() - t0, 1))
+    artifacts.finish(partial, output, summary)
+    shown = " | ".join(f"{t}: {100 * s:.1f}" for t, s in scores.items())
+    artifacts.log(f"evaluate: {'base' if not adapter else adapter} done in {summary['seconds']:.0f} s | {shown} | {output}")
+
+
+if __name__ == "__main__":
+    app()

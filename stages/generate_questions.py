@@ -1,0 +1,92 @@
+"""Generate candidate questions with the Challenger of iteration k.
+
+Reads: the base model and the Challenger adapter of iteration k (none: the untrained base writes
+the questions, the paper's "Base Challenger" control).
+Writes: `questions.parquet`, one row per sample (sample_id, completion, question or null),
+`summary.json` (counts, parse rate, distinct questions), `DONE`.
+
+Method (DESIGN.md section 1, step 2): N samples of the fixed Challenger prompt at temperature 1.0,
+top_p 0.95; the question is the last non-empty <question>...</question> block of each.
+
+Examples:
+  python stages/generate_questions.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
+      --challenger-adapter runs/q4b/iter01/challenger --output runs/q4b/iter01/questions
+  python stages/generate_questions.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 1 \\
+      --challenger-adapter runs/demo/iter01/challenger --output runs/demo/iter01/questions \\
+      --num-samples 512 --max-new-tokens 48
+"""
+
+import time
+from pathlib import Path
+
+import typer
+
+import artifacts
+import rzero
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
+    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k; empty = the untrained base (control).", rich_help_panel="Inputs"),
+    iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
+    output: Path = typer.Option(..., help="Folder for the questions dataset.", rich_help_panel="Outputs"),
+    overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
+    num_samples: int = typer.Option(8000, min=1, help="N: Challenger samples (paper: 8000).", rich_help_panel="Method"),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0).", rich_help_panel="Sampling"),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling (paper: 0.95).", rich_help_panel="Sampling"),
+    max_new_tokens: int = typer.Option(4096, help="Max tokens per sample (paper: 4096).", rich_help_panel="Sampling"),
+    backend: str = typer.Option("auto", help="Generation backend: auto (vLLM on a GPU if installed, else transformers), hf, vllm, server.", rich_help_panel="Sampling"),
+    server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend).", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
+):
+    """Sample N Challenger completions and parse their questions."""
+    args = dict(locals())
+    artifacts.log(f"generate_questions: {args}")
+    if challenger_adapter:
+        artifacts.require_complete(challenger_adapter, "--challenger-adapter", "stages/train_challenger.py")
+    artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration)})
+    partial = artifacts.begin(output, overwrite)
+    if partial is None:
+        artifacts.log(f"generate_questions: {output} is complete, skipping (--overwrite to redo)")
+        return
+
+    from datasets import Dataset
+    from tqdm import tqdm
+
+    import generation
+
+    t0 = time.time()
+    tokenizer = generation.load_tokenizer(base_model)
+    sample = generation.make_sampler(
+        base_model, challenger_adapter or None, backend=backend, server_url=server_url, batch_size=batch_size,
+        seed=seed, sampling=generation.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
+    )
+    prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
+    completions: list[str] = []
+    with tqdm(total=num_samples, desc="generate", unit="sample") as bar:
+        while len(completions) < num_samples:
+            chunk = min(batch_size, num_samples - len(completions))
+            completions += sample([prompt], chunk)[0]
+            bar.update(chunk)
+    questions = [rzero.extract_question(c) for c in completions]
+    Dataset.from_dict(dict(sample_id=list(range(num_samples)), completion=completions, question=questions)) \
+        .to_parquet(str(partial / "questions.parquet"))
+
+    parsed = [q for q in questions if q]
+    summary = dict(
+        stage="generate_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
+        args={k: str(v) for k, v in args.items()}, challenger="base (control)" if not challenger_adapter else challenger_adapter,
+        samples=num_samples, parsed=len(parsed), parse_rate=len(parsed) / num_samples,
+        distinct=len(set(parsed)), seconds=round(time.time() - t0, 1),
+    )
+    artifacts.finish(partial, output, summary)
+    artifacts.log(f"generate_questions: iteration {iteration} done in {summary['seconds']:.0f} s | {num_samples} samples, "
+                  f"{len(parsed)} questions ({summary['parse_rate']:.0%}), {summary['distinct']} distinct | {output}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,147 @@
+"""Report on one run (or several side by side): a markdown table and PNG plots across iterations.
+
+Reads: runs/<run>/iterNN/<stage>/summary.json of every stage that is complete, and
+runs/<run>/stage_times.tsv written by the driver. Writes: `report.md`, `scores.png` (held-out
+accuracy per iteration, one line per run), `consistency.png` (the consistency histogram of each
+iteration of the first run), `label_accuracy.png` (pseudo-label accuracy per iteration, where
+the micro-world can score it), `summary.json`, `DONE`. A report is a view of its inputs, so it is
+always rebuilt (atomically); it never touches the runs.
+
+Rows: the base (iteration 0) and each iteration. Columns: every task the evaluate stage ran, the
+paper's MATH-avg and Overall where those ran, questions generated / kept, mean consistency p,
+pseudo-label accuracy (all labeled / kept), Challenger reward, and minutes per stage.
+
+Examples:
+  python stages/report.py --run runs/demo --output runs/demo/report
+  python stages/report.py --run runs/demo --run runs/demo-control --run runs/demo-truth --output report
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import typer
+
+import artifacts
+
+STAGES = ("challenger", "questions", "labeled", "solver", "evaluate")
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def collect(run: Path) -> list[dict]:
+    """One dict per iteration present in `run`: the summaries of its complete stages, and times."""
+    times: dict = {}
+    if (run / "stage_times.tsv").is_file():
+        for k, name, seconds in csv.reader((run / "stage_times.tsv").open(), delimiter="\t"):
+            times[(int(k), name)] = int(seconds)  # the last entry wins: a rerun's time
+    rows = []
+    for folder in sorted(run.glob("iter[0-9][0-9]")):
+        k = int(folder.name[4:])
+        row = dict(iteration=k, times={s: times.get((k, s)) for s in STAGES})
+        for stage in STAGES:
+            if artifacts.is_complete(folder / stage):
+                row[stage] = artifacts.read_summary(folder / stage)
+        rows.append(row)
+    return rows
+
+
+def fmt(value, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if percent else (f"{value:.2f}" if isinstance(value, float) else str(value))
+
+
+def table(run: Path, rows: list[dict]) -> list[str]:
+    tasks = list(dict.fromkeys(t for r in rows for t in r.get("evaluate", {}).get("scores", {})))
+    paper = [p for p in ("MATH-avg", "Overall") if any((r.get("evaluate", {}).get("paper") or {}).get(p) is not None for r in rows)]
+    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "label acc (all / kept)", "Challenger reward", "minutes per stage"]
+    lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})
+        minutes = ", ".join(f"{s} {t / 60:.1f}" for s, t in r["times"].items() if t is not None)
+        cells = [str(r["iteration"]), *(fmt(ev.get("scores", {}).get(t), True) for t in tasks),
+                 *(fmt((ev.get("paper") or {}).get(p), True) for p in paper),
+                 fmt(q.get("parsed")), fmt(lab.get("kept")), fmt(lab.get("consistency_mean")),
+                 f"{fmt(lab.get('pseudo_label_accuracy'), True)} / {fmt(lab.get('kept_pseudo_label_accuracy'), True)}",
+                 fmt(ch.get("reward_mean")), minutes or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, rows in runs.items():
+        scored = [r for r in rows if "evaluate" in r]
+        main_task = next(iter(scored[0]["evaluate"]["scores"]), None) if scored else None
+        if main_task:
+            ax.plot([r["iteration"] for r in scored], [100 * r["evaluate"]["scores"].get(main_task, float("nan")) for r in scored],
+                    marker="o", label=f"{run.name} ({main_task})")
+    ax.set(xlabel="iteration", ylabel="accuracy (%)", title="Solver accuracy by iteration")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=100)
+    written.append("scores.png")
+
+    first = next(iter(runs.values()))
+    labeled = [r for r in first if "labeled" in r]
+    if labeled:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        width = 0.8 / len(labeled)
+        for i, r in enumerate(labeled):
+            hist = r["labeled"]["consistency_histogram"]
+            ax.bar([j + i * width for j in range(len(hist))], list(hist.values()), width=width, label=f"iter {r['iteration']}")
+            ax.set_xticks([j + 0.4 for j in range(len(hist))], list(hist.keys()))
+        ax.set(xlabel="consistency p (votes for the majority answer)", ylabel="questions", title="Consistency histogram")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "consistency.png", dpi=100)
+        written.append("consistency.png")
+
+    if any(r.get("labeled", {}).get("pseudo_label_accuracy") is not None for rows in runs.values() for r in rows):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for run, rows in runs.items():
+            pts = [(r["iteration"], r["labeled"]["kept_pseudo_label_accuracy"]) for r in rows
+                   if r.get("labeled", {}).get("kept_pseudo_label_accuracy") is not None]
+            if pts:
+                ax.plot(*zip(*[(k, 100 * a) for k, a in pts]), marker="o", label=run.name)
+        ax.set(xlabel="iteration", ylabel="pseudo-label accuracy of kept questions (%)", title="Pseudo-label accuracy")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "label_accuracy.png", dpi=100)
+        written.append("label_accuracy.png")
+    plt.close("all")
+    return written
+
+
+@app.command()
+def main(
+    run: list[Path] = typer.Option(..., help="Run folder (runs/<run>); repeat to put runs side by side (loop, control, upper bound).", rich_help_panel="Inputs"),
+    output: Path = typer.Option(..., help="Folder for report.md and the PNG plots (rebuilt every time).", rich_help_panel="Outputs"),
+):
+    """Markdown table and plots across iterations; prints the table."""
+    for r in run:
+        if not r.is_dir():
+            artifacts.fail(f"--run {r} does not exist. Pass a run folder such as runs/demo.")
+    runs = {r: collect(r) for r in run}
+    partial = artifacts.begin(output, overwrite=True)
+    lines = ["# R-Zero run report", ""]
+    for r, rows in runs.items():
+        lines += table(r, rows)
+    images = plots(runs, partial)
+    lines += [f"![{name}]({name})" for name in images]
+    (partial / "report.md").write_text("\n".join(lines) + "\n")
+    artifacts.finish(partial, output, dict(stage="report", runs=[str(r) for r in run], images=images,
+                                           iterations={str(r): [x["iteration"] for x in rows] for r, rows in runs.items()}))
+    print("\n".join(line for line in lines if not line.startswith("![")))
+    artifacts.log(f"report: {len(run)} run(s) -> {output / 'report.md'}")
+
+
+if __name__ == "__main__":
+    app()

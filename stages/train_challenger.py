@@ -1,0 +1,182 @@
+"""Train the Challenger of iteration k with GRPO to write questions at the edge of the Solver's ability.
+
+Reads: the base model, the Challenger adapter of iteration k-1 (none for k = 1), and the frozen
+Solver of iteration k-1 (the Solver adapter, or the plain base for k = 1).
+Writes: the Challenger LoRA adapter of iteration k, `summary.json`, `DONE`.
+
+Method (DESIGN.md section 1, step 1). Every step samples completions of the one fixed Challenger
+prompt (temperature 1.0; diversity comes from sampling). For each completion:
+  - no non-empty <question>...</question>: reward 0 (the reference uses -1 before the penalty);
+  - else the frozen Solver answers the question m times; the majority of the last \\boxed{}
+    answers is the pseudo-label and p = (largest group of equivalent answers) / m;
+  - r_unc = 1 - 2|p - 1/2| (the paper's form; the reference code uses min(p, 1 - p));
+  - r_rep = lambda |C(i)| / B over the B questions of the same reward batch, C(i) the cluster of
+    q_i in average-linkage clustering of d = 1 - BLEU cut at tau;
+  - r = max(0, r_unc - r_rep).
+Logged each step: reward mean, format rate, mean consistency, mean penalty, share of zero rewards.
+
+Examples:
+  python stages/train_challenger.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
+      --output runs/q4b/iter01/challenger
+  python stages/train_challenger.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
+      --challenger-adapter runs/demo/iter01/challenger --solver-adapter runs/demo/iter01/solver \\
+      --output runs/demo/iter02/challenger --steps 5 --prompts-per-step 16 --m 8 --max-new-tokens 48
+"""
+
+import time
+from pathlib import Path
+
+import typer
+
+import artifacts
+import rzero
+
+# Recipe defaults for a real model on one GPU, a reason on each line (DESIGN.md section 1).
+RECIPE = dict(
+    group_size=4,           # completions per prompt (paper: 4)
+    steps=5,                # optimizer steps per iteration (paper: 5)
+    prompts_per_step=64,    # prompts per step; x group size = B questions per reward batch (paper: 512 x 4 on 8 GPUs)
+    learning_rate=1e-5,     # LoRA needs ~10x the paper's full fine-tuning lr of 1e-6
+    kl_coef=1e-2,           # beta, the paper's KL coefficient
+    clip_low=0.2,           # epsilon (paper: 0.2)
+    clip_high=0.3,          # epsilon_high (paper: 0.3)
+    lora_rank=64,           # r for a new adapter
+    lora_alpha=128,         # alpha = 2r
+    max_new_tokens=4096,    # paper's max response length
+    solver_max_new_tokens=4096,  # the Solver's answers inside the reward
+    micro_batch_size=8,     # completions per forward/backward pass
+)
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
+    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k-1; empty for k = 1.", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Frozen Solver of iteration k-1; empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
+    iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
+    output: Path = typer.Option(..., help="Folder for the Challenger adapter of iteration k.", rich_help_panel="Outputs"),
+    overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
+    m: int = typer.Option(10, min=2, help="m: Solver answers per question for the majority vote.", rich_help_panel="Method"),
+    tau: float = typer.Option(0.5, help="tau: clustering cut on d = 1 - BLEU for the repetition penalty.", rich_help_panel="Method"),
+    penalty_weight: float = typer.Option(1.0, help="lambda: weight of the repetition penalty (0 = off).", rich_help_panel="Method"),
+    group_size: int = typer.Option(RECIPE["group_size"], min=2, help="Completions per prompt (GRPO group).", rich_help_panel="Method"),
+    steps: int = typer.Option(RECIPE["steps"], min=1, help="Optimizer steps.", rich_help_panel="Training"),
+    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Prompts per optimizer step.", rich_help_panel="Training"),
+    learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.", rich_help_panel="Training"),
+    kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).", rich_help_panel="Training"),
+    lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank of a new adapter.", rich_help_panel="Training"),
+    lora_alpha: int = typer.Option(RECIPE["lora_alpha"], help="LoRA alpha of a new adapter.", rich_help_panel="Training"),
+    micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward pass.", rich_help_panel="Training"),
+    max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per Challenger completion.", rich_help_panel="Sampling"),
+    solver_max_new_tokens: int = typer.Option(RECIPE["solver_max_new_tokens"], help="Max tokens per Solver answer.", rich_help_panel="Sampling"),
+    solver_backend: str = typer.Option("auto", help="Where the Solver runs: auto, hf, vllm, server.", rich_help_panel="Sampling"),
+    solver_url: str = typer.Option("", help="OpenAI-compatible URL of the Solver server (--solver-backend server).", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, help="Seed of sampling and training.", rich_help_panel="Training"),
+):
+    """GRPO on the Challenger prompt, reward = max(0, r_unc - r_rep)."""
+    args = dict(locals())
+    artifacts.log(f"train_challenger: {args}")
+    for flag, path in (("--challenger-adapter", challenger_adapter), ("--solver-adapter", solver_adapter)):
+        if path:
+            artifacts.require_complete(path, flag, "the previous iteration's stages")
+    if iteration > 1 and not (challenger_adapter and solver_adapter):
+        artifacts.fail(f"--iteration {iteration} continues iteration {iteration - 1}: pass its --challenger-adapter "
+                       "and --solver-adapter.")
+    artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration - 1),
+                                                    "--solver-adapter": (solver_adapter or None, iteration - 1)})
+    if (prompts_per_step * group_size) % micro_batch_size:
+        artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
+                       f"= {prompts_per_step * group_size}.")
+    partial = artifacts.begin(output, overwrite)
+    if partial is None:
+        artifacts.log(f"train_challenger: {output} is complete, skipping (--overwrite to redo)")
+        return
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    import generation
+
+    t0 = time.time()
+    tokenizer = generation.load_tokenizer(base_model)
+    solver = generation.make_sampler(
+        base_model, solver_adapter or None, backend=solver_backend, server_url=solver_url, seed=seed,
+        sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=40, max_new_tokens=solver_max_new_tokens),
+    )
+    prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
+    dataset = Dataset.from_list([dict(prompt=prompt)] * (prompts_per_step * steps))
+    model = generation.load_model(base_model, challenger_adapter or None, trainable=True)
+    if not challenger_adapter:
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+    def uncertainty_minus_repetition(completions: list[str], log_metric=None, **_) -> list[float]:
+        questions = [rzero.extract_question(c) for c in completions]
+        distinct = list(dict.fromkeys(q for q in questions if q))
+        answers = solver([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in distinct], m)
+        consistency = {q: rzero.majority_vote([rzero.last_boxed(a) for a in ans])[1] for q, ans in zip(distinct, answers)}
+        parsed = [q for q in questions if q]
+        penalty = iter(rzero.repetition_penalty(parsed, threshold=tau, weight=penalty_weight))
+        penalties = [next(penalty) if q else 0.0 for q in questions]
+        rewards = [rzero.challenger_reward(q, consistency.get(q, 0.0), r) for q, r in zip(questions, penalties)]
+        if log_metric:
+            log_metric("format_rate", len(parsed) / len(questions))
+            log_metric("consistency", sum(consistency[q] for q in parsed) / max(1, len(parsed)))
+            log_metric("penalty", sum(penalties) / max(1, len(parsed)))
+            log_metric("zero_reward_share", sum(r == 0 for r in rewards) / len(rewards))
+        return rewards
+
+    cuda = torch.cuda.is_available()
+    config = GRPOConfig(
+        output_dir=str(partial / "trainer"), max_steps=steps, learning_rate=learning_rate, beta=kl_coef,
+        epsilon=RECIPE["clip_low"], epsilon_high=RECIPE["clip_high"], num_generations=group_size,
+        per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=prompts_per_step * group_size // micro_batch_size,
+        max_completion_length=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda,
+        gradient_checkpointing=cuda, use_vllm=cuda and generation._vllm_usable(), vllm_mode="colocate",
+        log_level="warning",
+    )
+    history = []
+
+    class StepLine(TrainerCallback):
+        def on_log(self, _args, state, _control, logs=None, **_):
+            if logs and "reward" in logs:
+                history.append(dict(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}))
+                artifacts.log(f"step {state.global_step}/{steps} | reward: {logs['reward']:.3f} | "
+                              f"format: {logs.get('format_rate', float('nan')):.2f} | "
+                              f"consistency: {logs.get('consistency', float('nan')):.2f} | "
+                              f"penalty: {logs.get('penalty', float('nan')):.3f} | "
+                              f"zero rewards: {logs.get('zero_reward_share', float('nan')):.2f}")
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[uncertainty_minus_repetition], args=config,
+                          train_dataset=dataset, processing_class=tokenizer, callbacks=[StepLine()])
+    trainer.train()
+    trainer.model.save_pretrained(partial)
+    (partial / "trainer").exists() and __import__("shutil").rmtree(partial / "trainer")
+
+    def mean(key: str) -> float | None:
+        values = [h[key] for h in history if key in h]
+        return sum(values) / len(values) if values else None
+
+    summary = dict(
+        stage="train_challenger", iteration=iteration, base_identity=artifacts.base_identity(base_model),
+        args={k: str(v) for k, v in args.items()}, steps=steps,
+        reward_first=history[0]["reward"] if history else None, reward_last=history[-1]["reward"] if history else None,
+        reward_mean=mean("reward"), format_rate=mean("format_rate"), consistency_mean=mean("consistency"),
+        penalty_mean=mean("penalty"), zero_reward_share=mean("zero_reward_share"), history=history,
+        seconds=round(time.time() - t0, 1),
+    )
+    artifacts.finish(partial, output, summary)
+    artifacts.log(f"train_challenger: iteration {iteration} done in {summary['seconds']:.0f} s | reward "
+                  f"{summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | format {summary['format_rate']:.0%} | "
+                  f"consistency {summary['consistency_mean']:.2f} | {output}")
+
+
+if __name__ == "__main__":
+    app()

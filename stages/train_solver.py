@@ -1,0 +1,156 @@
+"""Train the Solver of iteration k with GRPO on the questions the label stage kept.
+
+Reads: the labeled artifact's `train.parquet` (question, label y, consistency p), the base model,
+and the Solver adapter of iteration k-1 (none for k = 1: a fresh LoRA on the base).
+Writes: the Solver LoRA adapter of iteration k, `summary.json`, `DONE`.
+
+Method (DESIGN.md section 1, step 5): for each kept question the Solver samples G completions
+(group size, 5 in the paper); reward 1 when the completion's last \\boxed{} is equivalent to the
+pseudo-label y, else 0 (the reference gives 0.9 accuracy + 0.1 format; we reward correctness
+only). TRL's GRPOTrainer with a PEFT LoRA; KL to the frozen start of this iteration (beta).
+A group whose G rewards are all equal carries no gradient; its share is logged each step.
+
+Examples:
+  python stages/train_solver.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
+      --train runs/q4b/iter01/labeled --output runs/q4b/iter01/solver
+  python stages/train_solver.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
+      --train runs/demo/iter02/labeled --solver-adapter runs/demo/iter01/solver \\
+      --output runs/demo/iter02/solver --steps 20 --prompts-per-step 16 --max-new-tokens 96
+"""
+
+import time
+from pathlib import Path
+
+import typer
+
+import artifacts
+import rzero
+
+# Recipe defaults for a real model on one GPU, a reason on each line (DESIGN.md section 1).
+RECIPE = dict(
+    group_size=5,           # G: completions per question (paper: 5)
+    steps=15,               # optimizer steps (paper: 15 per iteration)
+    prompts_per_step=128,   # questions per step (paper: 512 on 8 GPUs; 128 fits one GPU)
+    learning_rate=1e-5,     # LoRA needs ~10x the paper's full fine-tuning lr of 1e-6
+    kl_coef=1e-2,           # beta, the paper's KL coefficient
+    clip_low=0.2,           # epsilon (paper: 0.2)
+    clip_high=0.3,          # epsilon_high (paper: 0.3, the clip-higher trick)
+    lora_rank=64,           # r: enough capacity for reasoning changes, ~1% of a 4B model
+    lora_alpha=128,         # alpha = 2r, the usual scaling
+    max_new_tokens=4096,    # paper's max response length
+    micro_batch_size=8,     # completions per forward/backward pass (gradient accumulation fills the step)
+)
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
+    train: Path = typer.Option(..., help="Labeled artifact of this iteration (its train.parquet is used).", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1; empty for k = 1 (start from the base).", rich_help_panel="Inputs"),
+    iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
+    output: Path = typer.Option(..., help="Folder for the Solver adapter of iteration k.", rich_help_panel="Outputs"),
+    overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
+    group_size: int = typer.Option(RECIPE["group_size"], min=2, help="G: completions per question.", rich_help_panel="Method"),
+    steps: int = typer.Option(RECIPE["steps"], min=1, help="Optimizer steps.", rich_help_panel="Training"),
+    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Questions per optimizer step.", rich_help_panel="Training"),
+    learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.", rich_help_panel="Training"),
+    kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).", rich_help_panel="Training"),
+    lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank r of a new adapter (a continued adapter keeps its own).", rich_help_panel="Training"),
+    lora_alpha: int = typer.Option(RECIPE["lora_alpha"], help="LoRA alpha of a new adapter.", rich_help_panel="Training"),
+    micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward pass.", rich_help_panel="Training"),
+    max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per completion.", rich_help_panel="Sampling"),
+    temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, help="Seed of data order and sampling.", rich_help_panel="Training"),
+):
+    """GRPO on the kept questions, reward = agreement with the pseudo-label."""
+    args = dict(locals())
+    artifacts.log(f"train_solver: {args}")
+    artifacts.require_complete(train, "--train (labeled questions)", "stages/label_questions.py")
+    if solver_adapter:
+        artifacts.require_complete(solver_adapter, "--solver-adapter", "stages/train_solver.py of the previous iteration")
+    elif iteration > 1:
+        artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: pass --solver-adapter.")
+    artifacts.check_lineage(base_model, iteration, {"--train": (str(train), iteration),
+                                                    "--solver-adapter": (solver_adapter or None, iteration - 1)})
+    if (prompts_per_step * group_size) % micro_batch_size:
+        artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
+                       f"= {prompts_per_step * group_size}.")
+    partial = artifacts.begin(output, overwrite)
+    if partial is None:
+        artifacts.log(f"train_solver: {output} is complete, skipping (--overwrite to redo)")
+        return
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    import generation
+
+    t0 = time.time()
+    rows = Dataset.from_parquet(str(train / "train.parquet")).to_list()
+    if not rows:
+        artifacts.fail(f"{train} kept zero questions: nothing to train on. Generate more questions "
+                       "(--num-samples) or widen the band (--delta) in the label stage.")
+    tokenizer = generation.load_tokenizer(base_model)
+    dataset = Dataset.from_list([
+        dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in rows
+    ])
+    model = generation.load_model(base_model, solver_adapter or None, trainable=True)
+    if not solver_adapter:
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+    def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
+        answers = [rzero.last_boxed(c) for c in completions]
+        if log_metric:
+            log_metric("boxed_rate", sum(a is not None for a in answers) / len(answers))
+        return [float(ok) for ok in rzero.equivalent_pairs(list(zip(label, answers)))]
+
+    cuda = torch.cuda.is_available()
+    config = GRPOConfig(
+        output_dir=str(partial / "trainer"), max_steps=steps, learning_rate=learning_rate, beta=kl_coef,
+        epsilon=RECIPE["clip_low"], epsilon_high=RECIPE["clip_high"], num_generations=group_size,
+        per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=prompts_per_step * group_size // micro_batch_size,
+        max_completion_length=max_new_tokens, temperature=temperature, top_p=1.0, seed=seed,
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda,
+        gradient_checkpointing=cuda, use_vllm=cuda and generation._vllm_usable(), vllm_mode="colocate",
+        disable_tqdm=False, log_level="warning",
+    )
+    history = []
+
+    class StepLine(TrainerCallback):
+        def on_log(self, _args, state, _control, logs=None, **_):
+            if logs and "reward" in logs:
+                history.append(dict(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}))
+                artifacts.log(f"step {state.global_step}/{steps} | reward: {logs['reward']:.3f} | "
+                              f"zero-variance groups: {logs.get('frac_reward_zero_std', float('nan')):.2f} | "
+                              f"boxed: {logs.get('boxed_rate', float('nan')):.2f}")
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[correctness], args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[StepLine()])
+    trainer.train()
+    trainer.model.save_pretrained(partial)
+    (partial / "trainer").exists() and __import__("shutil").rmtree(partial / "trainer")
+
+    rewards = [h["reward"] for h in history]
+    summary = dict(
+        stage="train_solver", iteration=iteration, base_identity=artifacts.base_identity(base_model),
+        args={k: str(v) for k, v in args.items()}, questions=len(rows), steps=steps,
+        reward_first=rewards[0] if rewards else None, reward_last=rewards[-1] if rewards else None,
+        reward_mean=sum(rewards) / len(rewards) if rewards else None,
+        zero_variance_share=sum(h.get("frac_reward_zero_std", 0) for h in history) / max(1, len(history)),
+        history=history, seconds=round(time.time() - t0, 1),
+    )
+    artifacts.finish(partial, output, summary)
+    artifacts.log(f"train_solver: iteration {iteration} done in {summary['seconds']:.0f} s | {len(rows)} questions | "
+                  f"reward {summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
+                  f"zero-variance groups {summary['zero_variance_share']:.0%} | {output}")
+
+
+if __name__ == "__main__":
+    app()

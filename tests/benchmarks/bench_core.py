@@ -1,0 +1,174 @@
+"""Benchmark of the method core's two hot paths against the plain reference versions.
+
+    python tests/benchmarks/bench_core.py            # full run, a few minutes on 2 cores
+    python tests/benchmarks/bench_core.py --quick    # smaller samples, about a minute
+
+(a) repetition penalty: fast (sparse n-gram products + scipy linkage) vs plain (nltk sentence BLEU
+    per pair + scikit-learn clustering), B = 256 ... 2048 questions of 15-60 tokens with exact
+    and near repeats. The plain one is timed in full at B = 256 (and the penalties compared);
+    above that its BLEU part is timed on a random sample of pairs and scaled to all B(B-1)/2
+    pairs, plus its clustering timed in full.
+(b) majority vote: answers/s of rzero.majority_vote over 1,000 questions x 10 answers, against
+    math-verify on every pair of distinct answers (reference_group_answers), partitions asserted
+    equal. Two answer mixes: competition-style forms, and the micro-world's integers.
+(c) worst case: a vote and a pair check over adversarial answers, wall time.
+Targets (from the brief): fast penalty >= 100x plain and < 2 s at B = 2048; vote >= 2,000 answers/s.
+"""
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "stages"), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+import rzero  # noqa: E402
+from reference_impl import (  # noqa: E402
+    arithmetic_question,
+    math_questions,
+    reference_bleu,
+    reference_group_answers,
+    reference_repetition_penalty,
+    solver_answers,
+)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def plain_penalty_estimate(questions: list[str], sample_pairs: int, rng: random.Random) -> float:
+    """Seconds the plain penalty would take: nltk BLEU per pair, timed on a sample and scaled,
+    plus scikit-learn's clustering on a full matrix (timed for real)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    b = len(questions)
+    pairs = [tuple(sorted(rng.sample(range(b), 2))) for _ in range(sample_pairs)]
+    _, t_sample = timed(lambda: [reference_bleu(questions[i], questions[j]) for i, j in pairs])
+    distance = 1.0 - rzero.pairwise_bleu(questions)
+    distance = np.triu(distance, 1) + np.triu(distance, 1).T
+    clustering = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
+                                         distance_threshold=0.5)
+    _, t_cluster = timed(clustering.fit_predict, distance)
+    return t_sample / sample_pairs * (b * (b - 1) / 2) + t_cluster
+
+
+def bench_penalty(quick: bool) -> list[tuple]:
+    rows = []
+    rng = random.Random(2024)
+    for b in (256, 512, 1024, 2048):
+        questions = math_questions(random.Random(b), b, duplicate_rate=0.1, near_rate=0.2)
+        runs = [timed(rzero.repetition_penalty, questions) for _ in range(3)]  # best of 3: a busy box
+        fast, t_fast = runs[0][0], min(t for _, t in runs)
+        if b == 256:
+            plain, t_plain = timed(reference_repetition_penalty, questions)
+            how = "full"
+            diff = f"{max(abs(f - p) for f, p in zip(fast, plain)):.1e}"
+        else:
+            t_plain = plain_penalty_estimate(questions, 2000 if quick else 20000, rng)
+            how = f"sampled {2000 if quick else 20000} pairs, scaled"
+            diff = "-"
+        lengths = [len(q.split()) for q in questions]
+        repeated = sum(p > 1.5 / b for p in fast)  # questions in a cluster of two or more
+        rows.append((b, f"{min(lengths)}-{max(lengths)}", repeated, t_fast, t_plain, t_plain / t_fast, how, diff))
+    return rows
+
+
+_MICRO_JUNK = ["I don't know", "\\text{undefined}", "x", "?"]
+
+
+def micro_world_answers(rng: random.Random, m: int = 10) -> list[str | None]:
+    """m answers to a micro-world question: the true value (integers, sometimes a fraction in two
+    forms), nearby wrong integers, a little junk and some missing boxes."""
+    truth = rzero.evaluate_arithmetic(arithmetic_question(rng).replace("*", rng.choice(["*", "*", "/"])))
+    truth = truth if truth is not None else rzero.evaluate_arithmetic("What is 1 + 1?")
+    p_right = rng.choice([0.2, 0.4, 0.5, 0.6, 0.8, 1.0])
+    out: list[str | None] = []
+    for _ in range(m):
+        roll = rng.random()
+        if roll < 0.06:
+            out.append(rng.choice([None, ""]))
+        elif roll < 0.09:
+            out.append(rng.choice(_MICRO_JUNK))
+        elif roll < 0.09 + p_right * 0.91:
+            text = rzero.format_number(truth)
+            if truth.denominator != 1 and rng.random() < 0.5:
+                text = f"\\frac{{{truth.numerator}}}{{{truth.denominator}}}"
+            out.append(text)
+        else:
+            out.append(str(int(truth) + rng.choice([-10, -2, -1, 1, 2, 3, 10])))
+    return out
+
+
+def bench_vote(quick: bool) -> list[tuple]:
+    rows = []
+    n = 1000
+    n_reference = 100 if quick else n
+    warm = [["1/2", "0.5", "x+1", "no", "3", None], ["(1,2)", "\\sqrt{2}", "2\\pi", "7.0", "7"]]
+    for answers in warm:  # start the worker and warm both sides' parsers on unrelated answers
+        rzero.majority_vote(answers)
+        reference_group_answers(answers)
+    for name, make in (("competition mix", solver_answers), ("micro-world mix", micro_world_answers)):
+        rng = random.Random(5)
+        data = [make(rng) for _ in range(n)]
+        total = sum(len(a) for a in data)
+        votes, t_core = timed(lambda: [rzero.majority_vote(a) for a in data])
+        groups, _ = timed(lambda: [rzero.group_answers(a) for a in data[:n_reference]])
+        reference, t_ref = timed(lambda: [reference_group_answers(a) for a in data[:n_reference]])
+        mismatches = sum(g != r for g, r in zip(groups, reference))
+        assert mismatches == 0, f"{name}: {mismatches} partitions differ from the pairwise reference"
+        n_ref_answers = sum(len(a) for a in data[:n_reference])
+        distinct = len({rzero.normalize_answer(x) for a in data for x in a} - {""})
+        rows.append((name, n, total, distinct, t_core, total / t_core, n_reference, t_ref,
+                     n_ref_answers / t_ref, mismatches))
+        assert all(0.0 <= p <= 1.0 for _, p in votes)
+    return rows
+
+
+def bench_adversarial() -> list[tuple]:
+    tower = "10^{10^{10^{10}}}"
+    parens = "(" * 25000 + "1" + ")" * 25000
+    fracs = "\\frac{1}{2+" * 4000 + "1" + "}" * 4000
+    answers = [tower, "1", parens, "1.0", fracs, "(10^{10^{10}})!", "x^{10000000}", "2", "\\frac{2}{2}", None]
+    rzero._stop_worker()  # a fresh worker: nothing cached from earlier runs
+    (label, p), t_vote = timed(rzero.majority_vote, answers)
+    pairs = [(a, "1") for a in (tower, parens, fracs, "(10^{10^{10}})!", "9^{9^{9}}")]
+    verdicts, t_pairs = timed(rzero.equivalent_pairs, pairs)
+    return [("vote over 10 answers (5 adversarial)", t_vote, f"label {label!r}, p = {p:.2f}"),
+            ("5 adversarial pairs vs '1'", t_pairs, f"verdicts {verdicts}")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller samples (about a minute)")
+    args = parser.parse_args()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"bench_core | python {platform.python_version()} | {os.cpu_count()} cpus | "
+          f"load {load:.2f} | {'quick' if args.quick else 'full'}")
+
+    print("\n(a) repetition penalty (times in s; fast = best of 3 runs, plain = one run)")
+    print(f"{'B':>5} {'tokens':>7} {'repeated':>8} {'fast':>8} {'plain':>9} {'ratio':>8}  plain timed / max|diff|")
+    for b, lengths, repeated, t_fast, t_plain, ratio, how, diff in bench_penalty(args.quick):
+        print(f"{b:>5} {lengths:>7} {repeated:>8} {t_fast:>8.3f} {t_plain:>9.1f} {ratio:>7.0f}x  {how} / {diff}")
+
+    print("\n(b) majority vote, 10 answers per question")
+    print(f"{'mix':<16} {'questions':>9} {'answers':>7} {'distinct':>8} {'core s':>7} {'core ans/s':>10} "
+          f"{'ref qs':>6} {'ref s':>7} {'ref ans/s':>9} {'partition diffs':>15}")
+    for name, n, total, distinct, t_core, rate, n_ref, t_ref, ref_rate, diffs in bench_vote(args.quick):
+        print(f"{name:<16} {n:>9} {total:>7} {distinct:>8} {t_core:>7.2f} {rate:>10.0f} {n_ref:>6} {t_ref:>7.1f} "
+              f"{ref_rate:>9.0f} {diffs:>15}")
+
+    print("\n(c) worst case, fresh worker")
+    for name, seconds, what in bench_adversarial():
+        print(f"{name:<40} {seconds:>6.2f} s  {what}")
+
+
+if __name__ == "__main__":
+    main()
