@@ -37,12 +37,12 @@ import artifacts
 import rzero
 
 RECIPE = dict(
-    operand_max=19,         # operands 0-19: enough one-operation questions that holding 200 out leaves most to train on
+    operand_max=9,          # operands 0-9: single-digit facts, learned from every worked line
     operators="+-*",        # * gives precedence, so paths differ in which facts they use
     value_bound=99,         # every product and every sum of |terms| stays two-digit
     heldout_per_ops=200,    # held-out questions per number of operations (1..4)
     ops_weights=(1, 2, 2, 2),  # training questions by number of operations
-    careful_share=0.35,     # Solver examples worked line by line; the rest jump to the answer (greedy follows the majority style)
+    careful_share=0.4,      # Solver examples worked line by line; the rest state the answer at once, so greedy does
     challenger_share=0.1,   # share of training examples in the Challenger format
     vocab_size=1024,        # byte-level BPE; merges may cross spaces, so the fixed prompts are a few tokens
     hidden_size=192, num_layers=3, num_heads=3, head_dim=64, ff_size=768,  # 1.7M parameters; head_dim 64 for vLLM
@@ -92,29 +92,31 @@ def render(state: list) -> str:
     return "".join(out)
 
 
-def solution_states(rng: random.Random, terms: list) -> list[str]:
-    """The rewritten expression after each operation, on one sampled path: any product first
-    (its first two factors), then the first term plus a partner chosen at random; a partner that
-    is not next to the first term is brought there in an explicit copy-only line first, so every
-    arithmetic step is local and the choice of path is written down before it is taken."""
+def solution_lines(rng: random.Random, terms: list) -> list[str]:
+    """A worked solution on one sampled path, one operation per line: `fact: what is left`.
+    Any product first (its first two factors), then the first term with a partner chosen at
+    random, e.g. `3 * 4 = 12: 7 + 12 - 5`, `7 - 5 = 2: 2 + 12`, `2 + 12 = 14`. Every line starts
+    with the operation in exactly the form of a one-operation question."""
     state = [(s, list(f)) if len(f) > 1 else (s, f[0]) for s, f in terms]
-    states = [render(state)]
+    lines = []
     while len(state) > 1 or isinstance(state[0][1], list):
         products = [i for i, (_, item) in enumerate(state) if isinstance(item, list)]
         if products:
             i = rng.choice(products)
             sign, factors = state[i]
-            rest = [factors[0] * factors[1]] + factors[2:]
+            value = factors[0] * factors[1]
+            fact = f"{factors[0]} * {factors[1]} = {value}"
+            rest = [value] + factors[2:]
             state[i] = (sign, rest) if len(rest) > 1 else (sign, rest[0])
         else:
-            j = rng.randrange(1, len(state))
-            if j > 1:
-                state.insert(1, state.pop(j))
-                states.append(render(state))
-            total = state[0][0] * state[0][1] + state[1][0] * state[1][1]
+            state.insert(1, state.pop(rng.randrange(1, len(state))))
+            (s0, a), (s1, b) = state[:2]
+            total = s0 * a + s1 * b
+            fact = f"{'-' if s0 < 0 else ''}{a} {'-' if s1 < 0 else '+'} {b} = {total}"
             state[:2] = [(-1 if total < 0 else 1, abs(total))]
-        states.append(render(state))
-    return states
+        done = len(state) == 1 and not isinstance(state[0][1], list)
+        lines.append(fact if done else f"{fact}: {render(state)}")
+    return lines
 
 
 def question_text(expression: str) -> str:
@@ -122,20 +124,21 @@ def question_text(expression: str) -> str:
 
 
 def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[dict], str]:
-    """(prompt messages, completion) of one training example; resampled while the question or any
-    line of its solution is a held-out question."""
+    """(prompt messages, completion) of one training example, resampled while the question or any
+    expression left along its solution is a held-out question."""
     num_ops = rng.choices(range(1, 5), weights=recipe["ops_weights"])[0]
     while True:
         expression, terms = sample_expression(rng, num_ops, recipe)
-        states = solution_states(rng, terms)
-        if not heldout.intersection(states):
+        lines = solution_lines(rng, terms)
+        if expression not in heldout and not any(line.split(": ")[-1] in heldout for line in lines):
             break
-    answer = states[-1]
+    answer = lines[-1].split(" = ")[-1]
+    question = question_text(expression)
     if rng.random() < recipe["challenger_share"]:
-        return rzero.challenger_messages(), f"<question>{question_text(expression)}</question>\n\\boxed{{{answer}}}"
-    if rng.random() < recipe["careful_share"]:  # worked: one line per operation
-        return rzero.solver_messages(question_text(expression)), "\n= ".join(states) + f"\n\\boxed{{{answer}}}"
-    return rzero.solver_messages(question_text(expression)), f"{expression} = {answer}\n\\boxed{{{answer}}}"
+        return rzero.challenger_messages(), f"<question>{question}</question>\n\\boxed{{{answer}}}"
+    if rng.random() < recipe["careful_share"]:  # worked line by line, announced by its first words
+        return rzero.solver_messages(question), "Step by step:\n" + "\n".join(lines) + f"\n\\boxed{{{answer}}}"
+    return rzero.solver_messages(question), f"{expression} = {answer}\n\\boxed{{{answer}}}"
 
 
 def heldout_questions(rng: random.Random, recipe: dict) -> list[dict]:

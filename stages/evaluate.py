@@ -83,6 +83,7 @@ def main(
                        f"{sorted(t for t in manager.all_tasks if t.startswith('rzero_'))}")
     results = simple_evaluate(
         model=backend, model_args=model_args, tasks=task_names, task_manager=manager, batch_size=batch_size,
+        device="cuda" if torch.cuda.is_available() else "cpu",
         apply_chat_template=True, limit=limit or None, log_samples=True,
         gen_kwargs=dict(max_gen_toks=max_new_tokens) if max_new_tokens else None,
     )
