@@ -19,7 +19,8 @@ cd "$(dirname "$0")"
 
 # --- Knobs (environment overrides every one) -------------------------------------------------------
 : "${BASE_MODEL:=micro}"      # base model folder or Hub id; "micro" = build or find the micro-world base
-: "${RUN:=demo}"              # run name: artifacts in runs/$RUN/iterNN/<stage>
+: "${RUN:=demo}"              # run name: artifacts in $RUNS_DIR/$RUN/iterNN/<stage>
+: "${RUNS_DIR:=runs}"         # where runs live
 : "${ITERATIONS:=3}"          # K: iterations to run (the paper reports 3)
 : "${FIRST_ITERATION:=1}"     # start here (earlier iterations must be complete)
 : "${CHALLENGER:=trained}"    # trained | base: skip step 1 and generate with the untrained base (control)
@@ -30,7 +31,6 @@ cd "$(dirname "$0")"
 if [[ "$BASE_MODEL" == micro ]]; then
   # The paper's constants scaled to a 1.7M-parameter model on 2 CPU cores, each with its reason.
   : "${N:=384}"                 # enough distinct questions for ~100 kept ones (paper: 8000)
-  : "${M:=8}"                   # votes per question; 8 keeps 2-6 agreeing votes in the band (paper: 10)
   : "${CHALLENGER_STEPS:=4}"    # the Challenger only needs to drift toward harder questions (paper: 5)
   : "${CHALLENGER_PROMPTS:=16}" # x group size 4 = 64 questions per reward batch (paper: 512 x 4)
   : "${SOLVER_STEPS:=24}"       # enough updates to move a tiny model (paper: 15 of 512 prompts)
@@ -38,8 +38,8 @@ if [[ "$BASE_MODEL" == micro ]]; then
   : "${LR:=1e-3}"               # a tiny model with LoRA needs a large step (paper: 1e-6, full fine-tuning)
   : "${LORA_RANK:=32}"          # a sizeable share of a hidden size of 192
   : "${MAX_NEW_TOKENS:=96}"     # the longest micro-world solution is ~70 tokens (paper: 4096)
-  : "${MICRO_BATCH:=64}"        # CPU: one forward pass per step is fastest
-  : "${EXTRA_SOLVER_FLAGS:=}"
+  : "${MICRO_BATCH:=16}"        # divides both 16 x 4 and 16 x 5 completions per step
+  : "${EVAL_MAX_NEW_TOKENS:=128}" # the longest worked solution fits; the task's default is 256
 fi
 : "${N:=8000}"                  # N: Challenger samples per iteration (paper)
 : "${M:=10}"                    # m: Solver answers per question (paper)
@@ -53,19 +53,27 @@ fi
 : "${LORA_RANK:=64}"            # LoRA rank for both roles
 : "${MAX_NEW_TOKENS:=4096}"     # max tokens per completion, both roles (paper)
 : "${MICRO_BATCH:=8}"           # completions per forward/backward pass on one GPU
+: "${EVAL_MAX_NEW_TOKENS:=0}"   # 0 = each task's own (4096 math, 8192 general, as the paper)
 : "${SOLVER_SERVER:=0}"         # 1: serve the frozen Solver with `vllm serve` for step 1 (GPU box)
 : "${SOLVER_PORT:=8011}"        # port of that server
 : "${SEED:=0}"
 
 # --- Derived names, in one place -------------------------------------------------------------------
-RUN_DIR="runs/$RUN"
+RUN_DIR="$RUNS_DIR/$RUN"
 mkdir -p "$RUN_DIR"
 LOG="$RUN_DIR/run.log"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
 iter_dir() { printf '%s/iter%02d' "$RUN_DIR" "$1"; }
-# time one stage; the report reads these
-stage() { local name=$1; shift; local t0=$SECONDS; log "$name"; "$@"; printf '%s\t%s\t%s\n' "$k" "$name" "$((SECONDS - t0))" >> "$RUN_DIR/stage_times.tsv"; }
-
+# run one stage; when it did work (its --output was not already complete), record its wall time
+stage() {
+  local name=$1; shift
+  local output="" prev="" t0=$SECONDS
+  for arg in "$@"; do [[ "$prev" == --output ]] && output=$arg; prev=$arg; done
+  local was_done=0; [[ -f "$output/DONE" ]] && was_done=1
+  log "$name"
+  "$@"
+  (( was_done )) || printf '%s\t%s\t%s\n' "$k" "$name" "$((SECONDS - t0))" >> "$RUN_DIR/stage_times.tsv"
+}
 if [[ "$BASE_MODEL" == micro ]]; then
   log "micro-world base: build or find in the cache"
   BASE_MODEL=$($PYTHON stages/build_base.py)
@@ -94,6 +102,7 @@ k=0
 stage evaluate $PYTHON stages/evaluate.py \
   --base-model "$BASE_MODEL" \
   --tasks "$EVAL_TASKS" \
+  --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
   --output "$(iter_dir 0)/evaluate"
 
 for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
@@ -167,8 +176,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --lora-alpha $((2 * LORA_RANK)) \
     --micro-batch-size "$MICRO_BATCH" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
-    --seed "$SEED" \
-    ${EXTRA_SOLVER_FLAGS:-}
+    --seed "$SEED"
 
   # 6. evaluate the new Solver; one-screen summary and the run's report
   stage evaluate $PYTHON stages/evaluate.py \
@@ -176,6 +184,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --adapter "$here/solver" \
     --iteration "$k" \
     --tasks "$EVAL_TASKS" \
+    --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
     --output "$here/evaluate"
   $PYTHON stages/report.py --run "$RUN_DIR" --output "$RUN_DIR/report" | tee -a "$LOG"
 done

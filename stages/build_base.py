@@ -41,17 +41,19 @@ RECIPE = dict(
     operators="+-*",        # * gives precedence, so paths differ in which facts they use
     value_bound=99,         # every product and every sum of |terms| stays two-digit
     heldout_per_ops=200,    # held-out questions per number of operations (1..4)
-    ops_weights=(1, 2, 2, 2),  # training questions by number of operations
-    careful_share=0.4,      # Solver examples worked line by line; the rest state the answer at once, so greedy does
+    ops_weights=(1, 2, 2, 2),  # Solver training questions by number of operations
+    challenger_ops_weights=(2, 3, 3, 2),  # questions the untrained Challenger writes: mostly 1-3 operations
+    careful_share=0.45,     # Solver examples worked line by line; the rest state the answer at once, so greedy does
     challenger_share=0.1,   # share of training examples in the Challenger format
     vocab_size=1024,        # byte-level BPE; merges may cross spaces, so the fixed prompts are a few tokens
     hidden_size=192, num_layers=3, num_heads=3, head_dim=64, ff_size=768,  # 1.7M parameters; head_dim 64 for vLLM
-    steps=1000,             # optimizer steps
+    steps=1100,             # optimizer steps (~7 min on 2 cores)
     batch_size=64,          # sequences per step (random mix; length buckets slowed learning 3x here)
     learning_rate=2e-3,     # AdamW, linear warmup then cosine to 10%
     warmup_steps=50,
     seed=0,
 )
+WORLD_VERSION = 3  # bump whenever the world, the solution format or the training loop changes
 QUICK = dict(RECIPE, steps=40, heldout_per_ops=20, hidden_size=64, ff_size=256, num_layers=2, num_heads=1)
 CHAT_TEMPLATE = (
     "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
@@ -126,7 +128,9 @@ def question_text(expression: str) -> str:
 def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[dict], str]:
     """(prompt messages, completion) of one training example, resampled while the question or any
     expression left along its solution is a held-out question."""
-    num_ops = rng.choices(range(1, 5), weights=recipe["ops_weights"])[0]
+    challenger = rng.random() < recipe["challenger_share"]
+    weights = recipe["challenger_ops_weights" if challenger else "ops_weights"]
+    num_ops = rng.choices(range(1, 5), weights=weights)[0]
     while True:
         expression, terms = sample_expression(rng, num_ops, recipe)
         lines = solution_lines(rng, terms)
@@ -134,7 +138,7 @@ def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[d
             break
     answer = lines[-1].split(" = ")[-1]
     question = question_text(expression)
-    if rng.random() < recipe["challenger_share"]:
+    if challenger:
         return rzero.challenger_messages(), f"<question>{question}</question>\n\\boxed{{{answer}}}"
     if rng.random() < recipe["careful_share"]:  # worked line by line, announced by its first words
         return rzero.solver_messages(question), "Step by step:\n" + "\n".join(lines) + f"\n\\boxed{{{answer}}}"
@@ -178,14 +182,15 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 
 def recipe_hash(recipe: dict) -> str:
-    source = Path(__file__).read_bytes() + Path(rzero.__file__).read_bytes()  # the prompts live there
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode() + source).hexdigest()[:12]
+    """Names the build: the recipe, the prompts and template it is trained on, and WORLD_VERSION."""
+    what = [recipe, WORLD_VERSION, CHAT_TEMPLATE, rzero.CHALLENGER_SYSTEM, rzero.CHALLENGER_USER, rzero.SOLVER_SYSTEM]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # --- Checks ----------------------------------------------------------------------------------------
 
 
-def measure(model, tokenizer, rows: list[dict], m: int, seed: int) -> dict:
+def measure(model, tokenizer, rows: list[dict], m: int, seed: int, challenger_samples: int = 200) -> dict:
     """Held-out figures: greedy accuracy by number of operations; at T = 1.0, single-sample and
     majority-of-m accuracy and label accuracy by vote share; boxed and <question> format rates."""
     import torch
@@ -196,11 +201,12 @@ def measure(model, tokenizer, rows: list[dict], m: int, seed: int) -> dict:
             enc = tokenizer(prompts[i : i + 128], return_tensors="pt", padding=True)
             sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=96, num_return_sequences=n,
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
                                      pad_token_id=tokenizer.pad_token_id, **sampling)
             outs += tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
         return outs
 
+    max_new_tokens = 96  # the longest worked solution is about 80 tokens
     torch.manual_seed(seed)
     stats: dict = {"greedy_accuracy": {}, "sampled": {}}
     for num_ops in range(1, 5):
@@ -226,7 +232,7 @@ def measure(model, tokenizer, rows: list[dict], m: int, seed: int) -> dict:
             label_accuracy_by_votes={f"{v}/{m}": dict(questions=n, label_correct=c) for v, (n, c) in sorted(by_votes.items())},
         )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
-    challenger = generate([prompt] * 200, 1, False)
+    challenger = generate([prompt] * challenger_samples, 1, False)
     questions = [rzero.extract_question(o) for o in challenger]
     stats["challenger_question_rate"] = sum(q is not None for q in questions) / len(questions)
     stats["challenger_scorable_rate"] = sum(rzero.evaluate_arithmetic(q) is not None for q in questions) / len(questions)
@@ -308,7 +314,7 @@ def main(
     train_s = time.time() - t0
 
     model.eval()
-    stats = measure(model, tokenizer, heldout, m=10, seed=recipe["seed"])
+    stats = measure(model, tokenizer, heldout, m=2 if quick else 10, seed=recipe["seed"], challenger_samples=20 if quick else 200)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     with open(partial / "heldout.jsonl", "w") as f:

@@ -94,13 +94,10 @@ def main(
         artifacts.log(f"train_challenger: {output} is complete, skipping (--overwrite to redo)")
         return
 
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     import generation
+    import grpo
 
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
@@ -110,10 +107,6 @@ def main(
     )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
     dataset = Dataset.from_list([dict(prompt=prompt)] * (prompts_per_step * steps))
-    model = generation.load_model(base_model, challenger_adapter or None, trainable=True)
-    if not challenger_adapter:
-        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
-                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
 
     def uncertainty_minus_repetition(completions: list[str], log_metric=None, **_) -> list[float]:
         questions = [rzero.extract_question(c) for c in completions]
@@ -131,45 +124,22 @@ def main(
             log_metric("zero_reward_share", sum(r == 0 for r in rewards) / len(rewards))
         return rewards
 
-    cuda = torch.cuda.is_available()
-    config = GRPOConfig(
-        output_dir=str(partial / "trainer"), max_steps=steps, learning_rate=learning_rate, beta=kl_coef,
-        epsilon=RECIPE["clip_low"], epsilon_high=RECIPE["clip_high"], num_generations=group_size,
-        per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=prompts_per_step * group_size // micro_batch_size,
-        max_completion_length=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda,
-        gradient_checkpointing=cuda, use_vllm=cuda and generation._vllm_usable(), vllm_mode="colocate",
-        log_level="warning",
+    history = grpo.train_lora(
+        base_model=base_model, adapter=challenger_adapter or None, dataset=dataset,
+        reward=uncertainty_minus_repetition, tokenizer=tokenizer, output=partial, steps=steps,
+        prompts_per_step=prompts_per_step, group_size=group_size, micro_batch_size=micro_batch_size,
+        learning_rate=learning_rate, kl_coef=kl_coef, clip=(RECIPE["clip_low"], RECIPE["clip_high"]),
+        lora_rank=lora_rank, lora_alpha=lora_alpha, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+        shown={"format_rate": "format", "consistency": "consistency", "penalty": "penalty",
+               "zero_reward_share": "zero rewards"},
     )
-    history = []
-
-    class StepLine(TrainerCallback):
-        def on_log(self, _args, state, _control, logs=None, **_):
-            if logs and "reward" in logs:
-                history.append(dict(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}))
-                artifacts.log(f"step {state.global_step}/{steps} | reward: {logs['reward']:.3f} | "
-                              f"format: {logs.get('format_rate', float('nan')):.2f} | "
-                              f"consistency: {logs.get('consistency', float('nan')):.2f} | "
-                              f"penalty: {logs.get('penalty', float('nan')):.3f} | "
-                              f"zero rewards: {logs.get('zero_reward_share', float('nan')):.2f}")
-
-    trainer = GRPOTrainer(model=model, reward_funcs=[uncertainty_minus_repetition], args=config,
-                          train_dataset=dataset, processing_class=tokenizer, callbacks=[StepLine()])
-    trainer.train()
-    trainer.model.save_pretrained(partial)
-    (partial / "trainer").exists() and __import__("shutil").rmtree(partial / "trainer")
-
-    def mean(key: str) -> float | None:
-        values = [h[key] for h in history if key in h]
-        return sum(values) / len(values) if values else None
-
     summary = dict(
         stage="train_challenger", iteration=iteration, base_identity=artifacts.base_identity(base_model),
         args={k: str(v) for k, v in args.items()}, steps=steps,
         reward_first=history[0]["reward"] if history else None, reward_last=history[-1]["reward"] if history else None,
-        reward_mean=mean("reward"), format_rate=mean("format_rate"), consistency_mean=mean("consistency"),
-        penalty_mean=mean("penalty"), zero_reward_share=mean("zero_reward_share"), history=history,
+        reward_mean=grpo.mean(history, "reward"), format_rate=grpo.mean(history, "format_rate"),
+        consistency_mean=grpo.mean(history, "consistency"), penalty_mean=grpo.mean(history, "penalty"),
+        zero_reward_share=grpo.mean(history, "zero_reward_share"), history=history,
         seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)

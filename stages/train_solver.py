@@ -82,13 +82,10 @@ def main(
         artifacts.log(f"train_solver: {output} is complete, skipping (--overwrite to redo)")
         return
 
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     import generation
+    import grpo
 
     t0 = time.time()
     rows = Dataset.from_parquet(str(train / "train.parquet")).to_list()
@@ -99,10 +96,6 @@ def main(
     dataset = Dataset.from_list([
         dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in rows
     ])
-    model = generation.load_model(base_model, solver_adapter or None, trainable=True)
-    if not solver_adapter:
-        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
-                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
 
     def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
         answers = [rzero.last_boxed(c) for c in completions]
@@ -110,40 +103,21 @@ def main(
             log_metric("boxed_rate", sum(a is not None for a in answers) / len(answers))
         return [float(ok) for ok in rzero.equivalent_pairs(list(zip(label, answers)))]
 
-    cuda = torch.cuda.is_available()
-    config = GRPOConfig(
-        output_dir=str(partial / "trainer"), max_steps=steps, learning_rate=learning_rate, beta=kl_coef,
-        epsilon=RECIPE["clip_low"], epsilon_high=RECIPE["clip_high"], num_generations=group_size,
-        per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=prompts_per_step * group_size // micro_batch_size,
-        max_completion_length=max_new_tokens, temperature=temperature, top_p=1.0, seed=seed,
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda,
-        gradient_checkpointing=cuda, use_vllm=cuda and generation._vllm_usable(), vllm_mode="colocate",
-        disable_tqdm=False, log_level="warning",
+    history = grpo.train_lora(
+        base_model=base_model, adapter=solver_adapter or None, dataset=dataset, reward=correctness,
+        tokenizer=tokenizer, output=partial, steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
+        micro_batch_size=micro_batch_size, learning_rate=learning_rate, kl_coef=kl_coef,
+        clip=(RECIPE["clip_low"], RECIPE["clip_high"]), lora_rank=lora_rank, lora_alpha=lora_alpha,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        shown={"frac_reward_zero_std": "zero-variance groups", "boxed_rate": "boxed"},
     )
-    history = []
-
-    class StepLine(TrainerCallback):
-        def on_log(self, _args, state, _control, logs=None, **_):
-            if logs and "reward" in logs:
-                history.append(dict(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}))
-                artifacts.log(f"step {state.global_step}/{steps} | reward: {logs['reward']:.3f} | "
-                              f"zero-variance groups: {logs.get('frac_reward_zero_std', float('nan')):.2f} | "
-                              f"boxed: {logs.get('boxed_rate', float('nan')):.2f}")
-
-    trainer = GRPOTrainer(model=model, reward_funcs=[correctness], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[StepLine()])
-    trainer.train()
-    trainer.model.save_pretrained(partial)
-    (partial / "trainer").exists() and __import__("shutil").rmtree(partial / "trainer")
-
     rewards = [h["reward"] for h in history]
     summary = dict(
         stage="train_solver", iteration=iteration, base_identity=artifacts.base_identity(base_model),
         args={k: str(v) for k, v in args.items()}, questions=len(rows), steps=steps,
         reward_first=rewards[0] if rewards else None, reward_last=rewards[-1] if rewards else None,
-        reward_mean=sum(rewards) / len(rewards) if rewards else None,
-        zero_variance_share=sum(h.get("frac_reward_zero_std", 0) for h in history) / max(1, len(history)),
+        reward_mean=grpo.mean(history, "reward"),
+        zero_variance_share=grpo.mean(history, "frac_reward_zero_std"), boxed_rate=grpo.mean(history, "boxed_rate"),
         history=history, seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)

@@ -3,6 +3,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "stages"))
 
@@ -19,3 +21,12 @@ os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 
 sys.path.insert(0, str(ROOT / "tests"))  # for hub_fixtures under any --import-mode
 from hub_fixtures import _hub_faults_cleared, hub  # noqa: E402,F401  (the `hub` fixture)
+
+
+@pytest.fixture(scope="session")
+def quick_base(tmp_path_factory) -> Path:
+    """A micro-world base from the --quick recipe: learns the formats in seconds, not the arithmetic."""
+    from stage_helpers import run
+
+    cache = tmp_path_factory.mktemp("quick-cache")
+    return Path(run("build_base", "--quick", "--cache-dir", cache).stdout.strip().splitlines()[-1])

@@ -1,0 +1,57 @@
+"""run_iteration.sh: killed once inside each stage in turn, a rerun completes with the same set of
+artifacts as an uninterrupted run (quick base, tiny knobs)."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from stage_helpers import ROOT, env
+
+# One iteration in about a minute on the quick base; each knob is the driver's own.
+KNOBS = dict(ITERATIONS="1", RUN="t", N="16", M="3", DELTA="0.5", CHALLENGER_STEPS="1", CHALLENGER_PROMPTS="2",
+             SOLVER_STEPS="1", SOLVER_PROMPTS="2", MICRO_BATCH="2", MAX_NEW_TOKENS="32", LORA_RANK="4",
+             EVAL_TASKS="rzero_micro", EVAL_MAX_NEW_TOKENS="32")
+STAGE_FOLDERS = ["iter00/evaluate", "iter01/challenger", "iter01/questions", "iter01/labeled", "iter01/solver",
+                 "iter01/evaluate"]
+
+
+def driver(base: Path, runs: Path) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(ROOT / "run_iteration.sh")], cwd=ROOT, start_new_session=True,
+                            env=env(BASE_MODEL=str(base), RUNS_DIR=str(runs), PYTHON=os.sys.executable, **KNOBS),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def artifact_files(runs: Path) -> set[str]:
+    """Every file a run leaves, by relative path, without the logs that record how it went."""
+    skip = {"run.log", "stage_times.tsv"}
+    return {str(p.relative_to(runs)) for p in runs.rglob("*") if p.is_file() and p.name not in skip}
+
+
+def test_driver_resumes_after_a_kill_inside_each_stage(quick_base, tmp_path):
+    whole = tmp_path / "whole"
+    proc = driver(quick_base, whole)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    expected = artifact_files(whole)
+    assert all(f"t/{folder}/DONE" in expected for folder in STAGE_FOLDERS)
+    assert "t/report/report.md" in expected
+
+    killed = tmp_path / "killed"
+    for folder in STAGE_FOLDERS:
+        partial = killed / "t" / Path(folder).parent / f".{Path(folder).name}.partial"
+        proc = driver(quick_base, killed)
+        deadline = time.time() + 600
+        while not partial.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert partial.exists(), f"the driver never started {folder}"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the stage it runs
+        proc.wait()
+        assert not (killed / "t" / folder / "DONE").exists()
+    proc = driver(quick_base, killed)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    assert artifact_files(killed) == expected
+    assert not list(killed.rglob("*.partial"))

@@ -1,0 +1,81 @@
+"""The micro-world base (full recipe): the targets that put it in the regime the R-Zero loop needs.
+
+Built once into the default cache (~/.cache/rzero), shared with the demo; about 8 minutes cold on
+two cores. The figures are measured again here from the saved folder, not read from the build's
+own summary, except the build time."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from stage_helpers import run
+
+M = 10
+
+
+@pytest.fixture(scope="module")
+def base() -> Path:
+    return Path(run("build_base").stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def measured(base) -> dict:
+    import build_base
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = [json.loads(line) for line in (base / "heldout.jsonl").read_text().splitlines()]
+    return build_base.measure(model, tokenizer, rows, m=M, seed=1)
+
+
+def test_heldout_set_is_large_and_exact(base):
+    import rzero
+
+    rows = [json.loads(line) for line in (base / "heldout.jsonl").read_text().splitlines()]
+    assert Counter(r["num_ops"] for r in rows) == {1: 200, 2: 200, 3: 200, 4: 200}
+    assert len({r["question"] for r in rows}) == len(rows)
+    assert all(rzero.format_number(rzero.evaluate_arithmetic(r["question"])) == r["answer"] for r in rows)
+
+
+def test_build_time_within_ten_minutes(base):
+    assert json.loads((base / "summary.json").read_text())["total_seconds"] < 600
+
+
+def test_formats_at_temperature_one(measured):
+    assert measured["challenger_question_rate"] >= 0.80
+    assert measured["solver_boxed_rate"] >= 0.90
+
+
+def test_difficulty_ladder(measured):
+    greedy = measured["greedy_accuracy"]
+    assert greedy[1] >= 0.85
+    assert 0.35 <= greedy[2] <= 0.65
+    assert greedy[3] <= 0.30 and greedy[4] <= 0.30
+
+
+def test_majority_beats_greedy_on_two_operations(measured):
+    two = measured["sampled"][2]
+    # "clearly": more than two standard errors of a 200-question accuracy (about 3.5 points each)
+    assert two["majority_accuracy"] >= measured["greedy_accuracy"][2] + 0.10
+    assert two["majority_accuracy"] > two["single_accuracy"]
+
+
+def test_no_heldout_question_in_training_data(base):
+    """The training stream is regenerated from the recipe and checked line by line."""
+    import random
+
+    import build_base
+    import rzero
+
+    recipe = json.loads((base / "summary.json").read_text())["recipe"]
+    rows = [json.loads(line) for line in (base / "heldout.jsonl").read_text().splitlines()]
+    held = {r["question"][len("What is "):-1] for r in rows}
+    rng = random.Random(0)
+    for _ in range(5000):
+        messages, completion = build_base.example(rng, recipe, held)
+        question = rzero.extract_question(completion) or messages[-1]["content"]
+        assert question[len("What is "):-1] not in held
+        assert not any(line.split(": ")[-1] in held for line in completion.splitlines())

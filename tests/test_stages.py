@@ -1,0 +1,214 @@
+"""Every stage, end to end on the quick micro-world base, as a user runs it: what it writes, that a
+rerun skips, that --overwrite redoes, that a killed run is not taken as done, and that bad input
+gets a clear error while every input stays byte-for-byte unchanged."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stage_helpers import ROOT, TINY, checksum, env, run
+
+STAGES = ["build_base", "train_challenger", "generate_questions", "label_questions", "train_solver", "evaluate", "report"]
+
+
+@pytest.fixture(scope="module")
+def it1(quick_base, tmp_path_factory) -> dict:
+    """One iteration of every stage on the quick base; returns the artifact paths."""
+    d = tmp_path_factory.mktemp("run") / "iter01"
+    paths = {s: d / s for s in ("challenger", "questions", "labeled", "solver", "evaluate")}
+    common = ["--base-model", quick_base, "--iteration", "1"]
+    run("train_challenger", *common, "--output", paths["challenger"], *TINY["challenger"])
+    run("generate_questions", *common, "--challenger-adapter", paths["challenger"], "--output", paths["questions"], *TINY["questions"])
+    run("label_questions", *common, "--questions", paths["questions"], "--output", paths["labeled"], *TINY["labeled"])
+    run("train_solver", *common, "--train", paths["labeled"], "--output", paths["solver"], *TINY["solver"])
+    run("evaluate", *common, "--adapter", paths["solver"], "--output", paths["evaluate"], *TINY["evaluate"])
+    return dict(paths, base=quick_base, root=d.parent)
+
+
+@pytest.mark.parametrize("script", STAGES)
+def test_help_is_instant_and_lists_flags(script):
+    started = time.time()
+    proc = run(script, "--help")
+    # heavy imports live inside main(): --help costs a Python start, not a torch import
+    assert time.time() - started < 10
+    assert "--output" in proc.stdout or "--run" in proc.stdout
+
+
+def test_every_stage_writes_its_contract(it1):
+    for name in ("challenger", "questions", "labeled", "solver", "evaluate"):
+        folder = it1[name]
+        assert (folder / "DONE").is_file() and (folder / "summary.json").is_file(), name
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["iteration"] == 1 and "seconds" in summary, name
+        assert not list(folder.parent.glob(f".{name}.partial")), "temporary folder left behind"
+    assert (it1["challenger"] / "adapter_model.safetensors").is_file()
+    assert (it1["solver"] / "adapter_config.json").is_file()
+    assert not (it1["solver"] / "trainer").exists()  # TRL's scratch folder is not part of the artifact
+
+
+def test_questions_and_labels_hold_what_the_contract_says(it1):
+    from datasets import Dataset
+
+    import rzero
+
+    questions = Dataset.from_parquet(str(it1["questions"] / "questions.parquet"))
+    assert len(questions) == 24 and set(questions.column_names) == {"sample_id", "completion", "question"}
+    # the question column is exactly what the core parses from the raw text (or null)
+    assert questions["question"] == [rzero.extract_question(c) for c in questions["completion"]]
+    labeled = Dataset.from_parquet(str(it1["labeled"] / "labeled.parquet")).to_list()
+    assert len(labeled) == sum(q is not None for q in questions["question"])
+    for row in labeled:
+        assert len(row["answers"]) == 3 and sum(row["votes"]) <= 3
+        assert (row["label"], row["consistency"]) == rzero.majority_vote(row["answers"])
+        assert row["kept"] == (rzero.in_band(row["consistency"], 0.5) and bool(row["label"]) and not row["repeat"])
+    train = Dataset.from_parquet(str(it1["labeled"] / "train.parquet")).to_list()
+    assert [r["question"] for r in train] == [r["question"] for r in labeled if r["kept"]]
+    summary = json.loads((it1["labeled"] / "summary.json").read_text())
+    assert summary["kept"] == len(train)
+    assert sum(summary["consistency_histogram"].values()) == summary["distinct"]
+
+
+def test_evaluate_writes_results_samples_and_scores(it1):
+    summary = json.loads((it1["evaluate"] / "summary.json").read_text())
+    assert set(summary["scores"]) >= {"rzero_micro", "rzero_micro_ops1", "rzero_micro_ops4"}
+    samples = (it1["evaluate"] / "samples_rzero_micro_ops2.jsonl").read_text().splitlines()
+    assert len(samples) == 20  # the quick base holds out 20 questions per number of operations
+    scored = [json.loads(s)["acc"] for s in samples]
+    assert summary["scores"]["rzero_micro_ops2"] == pytest.approx(sum(scored) / len(scored))
+
+
+def test_rerun_skips_and_overwrite_redoes(it1):
+    args = ["--base-model", it1["base"], "--iteration", "1", "--challenger-adapter", it1["challenger"],
+            "--output", it1["questions"], *TINY["questions"]]
+    before = (it1["questions"] / "summary.json").read_text()
+    proc = run("generate_questions", *args)
+    assert "is complete, skipping" in proc.stderr
+    assert (it1["questions"] / "summary.json").read_text() == before
+    run("generate_questions", *args, "--overwrite")
+    after = json.loads((it1["questions"] / "summary.json").read_text())
+    assert after["finished_at"] >= json.loads(before)["finished_at"] and (it1["questions"] / "DONE").is_file()
+    assert after["samples"] == 24
+
+
+def test_a_killed_stage_is_not_taken_as_done_and_a_rerun_completes(it1, tmp_path):
+    out = tmp_path / "questions"
+    cmd = [sys.executable, str(ROOT / "stages" / "generate_questions.py"), "--base-model", str(it1["base"]),
+           "--iteration", "1", "--output", str(out), "--num-samples", "4000", "--max-new-tokens", "40", "--batch-size", "16"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / ".questions.partial"
+    deadline = time.time() + 120
+    while not partial.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2)  # well inside the generation loop
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial.exists() and not out.exists()
+    proc = run("generate_questions", *cmd[2:-6], "--num-samples", "8", "--max-new-tokens", "40")
+    assert (out / "DONE").is_file() and not partial.exists()
+    assert "skipping" not in proc.stderr
+
+
+@pytest.fixture
+def frozen(it1):
+    """Checksums of every artifact of the iteration, compared after each bad-input test."""
+    sums = {k: checksum(it1[k]) for k in ("challenger", "questions", "labeled", "solver")}
+    yield sums
+    assert sums == {k: checksum(it1[k]) for k in sums}, "a stage modified one of its inputs"
+
+
+def fails_with(script, *args, message: str):
+    proc = run(script, *args, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_input_folder(it1, frozen, tmp_path):
+    fails_with("label_questions", "--base-model", it1["base"], "--iteration", "1", "--questions", tmp_path / "nope",
+               "--output", tmp_path / "out", message="not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_without_the_expected_columns(it1, frozen, tmp_path):
+    from datasets import Dataset
+
+    bad = tmp_path / "questions"
+    bad.mkdir()
+    Dataset.from_dict({"text": ["What is 1 + 1?"]}).to_parquet(str(bad / "questions.parquet"))
+    (bad / "summary.json").write_text(json.dumps({"iteration": 1}))
+    (bad / "DONE").write_text("")
+    before = checksum(bad)
+    fails_with("label_questions", "--base-model", it1["base"], "--iteration", "1", "--questions", bad,
+               "--output", tmp_path / "out", message="expected ['completion', 'question', 'sample_id']")
+    assert checksum(bad) == before
+
+
+def test_incomplete_input_is_refused(it1, frozen, tmp_path):
+    half = tmp_path / "questions"
+    half.mkdir()
+    (half / "questions.parquet").write_bytes((it1["questions"] / "questions.parquet").read_bytes())
+    fails_with("label_questions", "--base-model", it1["base"], "--iteration", "1", "--questions", half,
+               "--output", tmp_path / "out", message="incomplete")
+
+
+def test_adapter_trained_on_another_base(it1, frozen, tmp_path):
+    other = Path(run("build_base", "--quick", "--seed", "1", "--cache-dir", tmp_path).stdout.strip().splitlines()[-1])
+    fails_with("train_solver", "--base-model", other, "--iteration", "2", "--train", it1["labeled"],
+               "--solver-adapter", it1["solver"], "--output", tmp_path / "out", message="was made from base")
+
+
+def test_zero_kept_questions(it1, frozen, tmp_path):
+    from datasets import Dataset, Features, Value
+
+    empty = tmp_path / "labeled"
+    empty.mkdir()
+    Dataset.from_list([], features=Features(question=Value("string"), label=Value("string"), consistency=Value("float64"))) \
+        .to_parquet(str(empty / "train.parquet"))
+    (empty / "summary.json").write_text(json.dumps({"iteration": 1}))
+    (empty / "DONE").write_text("")
+    fails_with("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", empty,
+               "--output", tmp_path / "out", message="kept zero questions")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_m_below_two(it1, frozen, tmp_path):
+    proc = run("label_questions", "--base-model", it1["base"], "--iteration", "1", "--questions", it1["questions"],
+               "--output", tmp_path / "out", "--m", "1", check=False)
+    assert proc.returncode == 2 and "--m" in proc.stderr and "1 is not in the range" in proc.stderr
+
+
+def test_iteration_that_does_not_follow_the_inputs(it1, frozen, tmp_path):
+    # iteration 3 needs the Solver of iteration 2, but this adapter is iteration 1's
+    fails_with("label_questions", "--base-model", it1["base"], "--iteration", "3", "--questions", it1["questions"],
+               "--solver-adapter", it1["solver"], "--output", tmp_path / "out", message="belongs to iteration")
+    # iteration 2 without the previous Solver
+    fails_with("train_solver", "--base-model", it1["base"], "--iteration", "2", "--train", it1["labeled"],
+               "--output", tmp_path / "out", message="pass --solver-adapter")
+
+
+def test_report_tables_and_plots(it1, tmp_path):
+    proc = run("report", "--run", it1["root"], "--output", tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| 1 |" in report and "rzero_micro" in report
+    for png in ("scores.png", "consistency.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
+    assert "| iter |" in proc.stdout
+
+
+def test_quick_build_is_deterministic_and_loads_with_no_arguments(quick_base, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    again = Path(run("build_base", "--quick", "--output", tmp_path / "again").stdout.strip().splitlines()[-1])
+    assert (again / "model.safetensors").read_bytes() == (quick_base / "model.safetensors").read_bytes()
+    tokenizer = AutoTokenizer.from_pretrained(quick_base)
+    model = AutoModelForCausalLM.from_pretrained(quick_base)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<|endoftext|>" and tokenizer.chat_template
+    assert model.config.head_dim == 64
+    digits = tokenizer.convert_ids_to_tokens(tokenizer("What is 1234 + 56?").input_ids)
+    assert [t.replace("Ġ", "") for t in digits if t.replace("Ġ", "").isdigit()] == list("123456")
