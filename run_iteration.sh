@@ -14,6 +14,11 @@
 # a few minutes). Real model on one GPU:  BASE_MODEL=Qwen/Qwen3-4B-Base RUN=q4b bash run_iteration.sh
 # Controls:  CHALLENGER=base (untrained Challenger, the paper's "Base Challenger" baseline)
 #            LABELS=truth    (micro-world only: true labels instead of the vote, the upper bound)
+# The Hub as the artifact bus:  HUB_NAMESPACE=me bash run_iteration.sh
+#   every stage reads its inputs from the Hub and pushes its output there, into private repos
+#   me/<run>-challenger and me/<run>-solver (a branch per iteration) and me/<run>-questions (a config per
+#   iteration and artifact). The same command on another machine resumes from the Hub alone; share a
+#   run by those repo names. HUB_ONLY=1 keeps no artifacts here. Token: HF_TOKEN or `hf auth login`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,6 +32,8 @@ cd "$(dirname "$0")"
 : "${LABELS:=vote}"           # vote | truth: true labels from the safe evaluator (micro-world upper bound)
 : "${EVAL_TASKS:=}"           # lm-eval tasks for step 6 (default below: rzero_micro or rzero_all)
 : "${PYTHON:=python}"         # interpreter with requirements.txt installed
+: "${HUB_NAMESPACE:=}"        # Hub user or org: stages read from and push to <ns>/<run>-*; empty = local only
+: "${HUB_ONLY:=0}"            # 1: the Hub is the only storage (stages write to a temporary folder, removed at exit)
 
 if [[ "$BASE_MODEL" == micro ]]; then
   # The paper's constants scaled to a 1.7M-parameter model on 2 CPU cores, each with its reason.
@@ -59,12 +66,32 @@ fi
 : "${SEED:=0}"
 
 # --- Derived names, in one place -------------------------------------------------------------------
-RUN_DIR="$RUNS_DIR/$RUN"
+RUN_DIR="$RUNS_DIR/$RUN"      # the run's log, stage times and report (and its artifacts, unless HUB_ONLY=1)
 mkdir -p "$RUN_DIR"
 LOG="$RUN_DIR/run.log"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
-iter_dir() { printf '%s/iter%02d' "$RUN_DIR" "$1"; }
-# run one stage; when it did work (its --output was not already complete), record its wall time
+ARTIFACTS="$RUN_DIR"          # where stages write iterNN/<stage>
+HUB_CHALLENGER="" HUB_SOLVER="" HUB_QUESTIONS="" REPORT_RUN="$RUN_DIR"
+if [[ -n "$HUB_NAMESPACE" ]]; then
+  HUB_CHALLENGER="$HUB_NAMESPACE/$RUN-challenger"  # branch iterNN: the Challenger adapter of iteration NN
+  HUB_SOLVER="$HUB_NAMESPACE/$RUN-solver"          # branch iterNN: the Solver adapter, its evaluation in evaluate/
+  HUB_QUESTIONS="$HUB_NAMESPACE/$RUN-questions"    # configs iterNN-raw, iterNN-labeled, iterNN-train
+  REPORT_RUN="hf://$HUB_NAMESPACE/$RUN"
+elif [[ "$HUB_ONLY" == 1 ]]; then
+  echo "HUB_ONLY=1 needs HUB_NAMESPACE" >&2; exit 2
+fi
+iter_dir() { printf '%s/iter%02d' "$ARTIFACTS" "$1"; }
+# An input artifact of iteration $2 ($1: challenger | solver | raw | train): its Hub reference when
+# HUB_NAMESPACE is set (so every card names its parents by commit), else the local folder.
+input_of() {
+  local kk; kk=$(printf 'iter%02d' "$2")
+  if [[ -z "$HUB_NAMESPACE" ]]; then
+    case $1 in raw) echo "$(iter_dir "$2")/questions" ;; train) echo "$(iter_dir "$2")/labeled" ;; *) echo "$(iter_dir "$2")/$1" ;; esac
+  else
+    case $1 in raw | train) echo "hf://datasets/$HUB_QUESTIONS/$kk-$1" ;; challenger) echo "hf://$HUB_CHALLENGER@$kk" ;; solver) echo "hf://$HUB_SOLVER@$kk" ;; esac
+  fi
+}
+# run one stage; when it did work (its --output was not complete before and is now), record its wall time
 stage() {
   local name=$1; shift
   local output="" prev="" t0=$SECONDS
@@ -72,7 +99,7 @@ stage() {
   local was_done=0; [[ -f "$output/DONE" ]] && was_done=1
   log "$name"
   "$@"
-  (( was_done )) || printf '%s\t%s\t%s\n' "$k" "$name" "$((SECONDS - t0))" >> "$RUN_DIR/stage_times.tsv"
+  (( was_done )) || [[ ! -f "$output/DONE" ]] || printf '%s\t%s\t%s\n' "$k" "$name" "$((SECONDS - t0))" >> "$RUN_DIR/stage_times.tsv"
 }
 if [[ "$BASE_MODEL" == micro ]]; then
   log "micro-world base: build or find in the cache"
@@ -84,10 +111,14 @@ log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATI
 
 solver_pid=""
 stop_solver_server() { if [[ -n "$solver_pid" ]]; then kill "$solver_pid" 2>/dev/null || true; wait "$solver_pid" 2>/dev/null || true; solver_pid=""; fi; }
-trap stop_solver_server EXIT
+SCRATCH=""
+cleanup() { stop_solver_server; if [[ -n "$SCRATCH" ]]; then rm -rf "$SCRATCH"; fi; }
+trap cleanup EXIT
+if [[ "$HUB_ONLY" == 1 ]]; then SCRATCH=$(mktemp -d); ARTIFACTS="$SCRATCH"; fi
 start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
-  local lora=() t0=$SECONDS
-  [[ -n "$1" ]] && lora=(--enable-lora --max-lora-rank "$LORA_RANK" --lora-modules "adapter=$1")
+  local lora=() adapter=$1 t0=$SECONDS
+  if [[ "$adapter" == hf://* ]]; then adapter=$($PYTHON stages/hub.py "$adapter"); fi  # vLLM loads a folder
+  [[ -n "$adapter" ]] && lora=(--enable-lora --max-lora-rank "$LORA_RANK" --lora-modules "adapter=$adapter")
   vllm serve "$BASE_MODEL" --port "$SOLVER_PORT" --gpu-memory-utilization 0.3 "${lora[@]}" >> "$RUN_DIR/solver_server.log" 2>&1 &
   solver_pid=$!
   until curl -sf "http://127.0.0.1:$SOLVER_PORT/health" > /dev/null; do
@@ -103,13 +134,13 @@ stage evaluate $PYTHON stages/evaluate.py \
   --base-model "$BASE_MODEL" \
   --tasks "$EVAL_TASKS" \
   --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
-  --output "$(iter_dir 0)/evaluate"
+  --output "$(iter_dir 0)/evaluate" \
+  --hub-repo "$HUB_SOLVER"
 
 for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
   here=$(iter_dir "$k")
-  prev=$(iter_dir $((k - 1)))
   prev_solver=""; prev_challenger=""
-  if (( k > 1 )); then prev_solver="$prev/solver"; prev_challenger="$prev/challenger"; fi
+  if (( k > 1 )); then prev_solver=$(input_of solver $((k - 1))); prev_challenger=$(input_of challenger $((k - 1))); fi
   log "=== iteration $k ==="
 
   # 1. Challenger: questions that split the frozen Solver of k-1 evenly
@@ -134,9 +165,10 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
       --max-new-tokens "$MAX_NEW_TOKENS" \
       --solver-max-new-tokens "$MAX_NEW_TOKENS" \
       --seed "$SEED" \
+      --hub-repo "$HUB_CHALLENGER" \
       "${SOLVER_FLAGS[@]}"
     stop_solver_server
-    challenger="$here/challenger"
+    challenger=$(input_of challenger "$k")
   fi
 
   # 2. N candidate questions from the Challenger of k (or the untrained base: the control)
@@ -147,26 +179,28 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --output "$here/questions" \
     --num-samples "$N" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
-    --seed "$SEED"
+    --seed "$SEED" \
+    --hub-repo "$HUB_QUESTIONS"
 
   # 3-4. majority-vote pseudo-labels from the Solver of k-1, band filter |p - 1/2| <= delta
   stage labeled $PYTHON stages/label_questions.py \
     --base-model "$BASE_MODEL" \
     --iteration "$k" \
-    --questions "$here/questions" \
+    --questions "$(input_of raw "$k")" \
     --solver-adapter "$prev_solver" \
     --output "$here/labeled" \
     --m "$M" \
     --delta "$DELTA" \
     --label-source "$LABELS" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
-    --seed "$SEED"
+    --seed "$SEED" \
+    --hub-repo "$HUB_QUESTIONS"
 
   # 5. the Solver of k learns the kept questions' pseudo-labels
   stage solver $PYTHON stages/train_solver.py \
     --base-model "$BASE_MODEL" \
     --iteration "$k" \
-    --train "$here/labeled" \
+    --train "$(input_of train "$k")" \
     --solver-adapter "$prev_solver" \
     --output "$here/solver" \
     --steps "$SOLVER_STEPS" \
@@ -176,16 +210,18 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --lora-alpha $((2 * LORA_RANK)) \
     --micro-batch-size "$MICRO_BATCH" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
-    --seed "$SEED"
+    --seed "$SEED" \
+    --hub-repo "$HUB_SOLVER"
 
   # 6. evaluate the new Solver; one-screen summary and the run's report
   stage evaluate $PYTHON stages/evaluate.py \
     --base-model "$BASE_MODEL" \
-    --adapter "$here/solver" \
+    --adapter "$(input_of solver "$k")" \
     --iteration "$k" \
     --tasks "$EVAL_TASKS" \
     --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
-    --output "$here/evaluate"
-  $PYTHON stages/report.py --run "$RUN_DIR" --output "$RUN_DIR/report" | tee -a "$LOG"
+    --output "$here/evaluate" \
+    --hub-repo "$HUB_SOLVER"
+  $PYTHON stages/report.py --run "$REPORT_RUN" --output "$RUN_DIR/report" | tee -a "$LOG"
 done
 log "run $RUN complete: $RUN_DIR/report/report.md"

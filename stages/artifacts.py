@@ -3,10 +3,14 @@
 A stage writes into `.<name>.partial` beside its output folder, then writes `summary.json` and a
 `DONE` marker, then renames the folder into place. So a folder with `DONE` is complete, a killed
 stage leaves only a `.partial` folder (removed by the next run), and inputs are never touched.
+An input may also be a Hub reference (hf://...): `require_complete` and `resolve_base` hand it to
+hub.py, which downloads it into a folder of the same form and records the commit it read.
 """
 
 import json
 import os
+import re
+import shlex
 import shutil
 import sys
 import time
@@ -37,7 +41,7 @@ def finish(partial: Path, output: str | Path, summary: dict) -> dict:
     """Write `summary.json` and `DONE` into `partial`, then move it into place as `output`
     (replacing an older complete output only at the last moment)."""
     output = Path(output)
-    summary = {**summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    summary = {**summary, "command": command(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (partial / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (partial / DONE).write_text(summary["finished_at"] + "\n")
     old = output.parent / f".{output.name}.old"
@@ -49,12 +53,28 @@ def finish(partial: Path, output: str | Path, summary: dict) -> dict:
     return summary
 
 
+def command() -> str:
+    """The command line that made an artifact, from the repository root (flags only: never a token)."""
+    return shlex.join(["python", f"stages/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
 def read_summary(path: str | Path) -> dict:
     return json.loads((Path(path) / SUMMARY).read_text())
 
 
-def require_complete(path: str | Path, what: str, made_by: str) -> Path:
-    """`path` as a complete artifact, or exit with an error that says which stage makes it."""
+def require_complete(path: str | Path, what: str, made_by: str, inputs: dict | None = None) -> Path:
+    """`path` as a complete artifact, or exit with an error that says which stage makes it. A Hub
+    reference is downloaded first; `inputs` records where it came from (the commit), for summary.json."""
+    ref, commit = str(path), None
+    if ref.startswith("hf://"):
+        import hub
+
+        path, commit = hub.resolve(ref, what.split()[0])
+        if not is_complete(path):
+            fail(f"{what} {ref} is incomplete on the Hub (no {DONE} on that revision): its push failed or "
+                 f"never ran. Rerun {made_by}.")
+    if inputs is not None:
+        inputs[what.split()[0]] = dict(ref=ref, commit=commit)
     path = Path(path)
     if not path.exists():
         fail(f"{what} not found at {path}. Run {made_by} first, or pass the right path.")
@@ -74,14 +94,34 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def resolve_base(base: str, inputs: dict) -> str:
+    """The base model as transformers loads it: a local folder or a Hub model id as given, or the
+    download of an hf:// reference. `inputs` records it with its commit when it is on the Hub."""
+    commit = None
+    if base.startswith("hf://"):
+        import hub
+
+        folder, commit = hub.resolve(base, "--base-model")
+        inputs["--base-model"] = dict(ref=base, commit=commit)
+        return str(folder)
+    if not Path(base).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", base):
+        import hub
+
+        commit = hub.model_commit(base)
+    inputs["--base-model"] = dict(ref=base, commit=commit)
+    return base
+
+
 def base_identity(base: str) -> str:
     """What identifies a base model across stages: a micro-world build's recipe name, a local
-    folder's name plus a hash of its config.json, or a Hub model id."""
+    folder's name plus a hash of its config.json, or a Hub model id (also for its download)."""
     import hashlib
 
     path = Path(base)
     if is_complete(path) and "name" in read_summary(path):
         return read_summary(path)["name"]
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name[len("models--"):].replace("--", "/", 1)  # HF cache: models--<ns>--<name>
     if (path / "config.json").is_file():
         return f"{path.name}:{hashlib.sha256((path / 'config.json').read_bytes()).hexdigest()[:12]}"
     return base

@@ -4,7 +4,9 @@ Reads: the base model, optionally a LoRA adapter, a task list (tasks under eval/
 rzero_micro, rzero_math, rzero_mmlu_pro, rzero_supergpqa, rzero_bbeh, rzero_all, ...).
 Writes: `results.json` (lm-eval's results), `samples_<task>.jsonl` (every prompt, output and
 score), `summary.json` (accuracy per task and group, and the paper's MATH-avg / Overall when
-those tasks ran), `DONE`.
+those tasks ran), `DONE`; with --hub-repo (the Solver's model repo) also the folder evaluate/ on
+its branch iterNN (iter00 for the base), with a card, in one commit.
+Inputs are local folders or Hub references: --adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
 
 Protocol (DESIGN.md section 6): 0-shot, greedy, the Solver prompt through the chat template
 (Qwen3's thinking switch off), the last \\boxed{} scored with math-verify; multiple choice by the
@@ -16,6 +18,8 @@ Examples:
       --output runs/demo/iter00/evaluate
   python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --adapter runs/q4b/iter02/solver \\
       --tasks rzero_all --output runs/q4b/iter02/evaluate
+  python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --adapter hf://me/q4b-solver@iter02 --iteration 2 \\
+      --tasks rzero_all --output runs/q4b/iter02/evaluate --hub-repo me/q4b-solver
 """
 
 import json
@@ -26,6 +30,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import hub
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 
@@ -34,8 +39,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
-    adapter: str = typer.Option("", help="LoRA adapter to evaluate on the base; empty = the base alone.", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    adapter: str = typer.Option("", help="LoRA adapter to evaluate on the base (folder or hf://<ns>/<repo>@iterNN); empty = the base alone.", rich_help_panel="Inputs"),
     iteration: int = typer.Option(0, min=0, help="Iteration k of the adapter (0 = the base), recorded for the report.", rich_help_panel="Inputs"),
     tasks: str = typer.Option("rzero_micro", help="Comma-separated lm-eval tasks or groups from eval/tasks.", rich_help_panel="Method"),
     output: Path = typer.Option(..., help="Folder for results, per-sample logs and summary.", rich_help_panel="Outputs"),
@@ -44,13 +49,19 @@ def main(
     backend: str = typer.Option("auto", help="lm-eval model backend: auto (vllm on a GPU if installed, else hf), hf, vllm.", rich_help_panel="Sampling"),
     batch_size: str = typer.Option("64", help="lm-eval batch size (an int, or 'auto').", rich_help_panel="Sampling"),
     max_new_tokens: int = typer.Option(0, help="Override every task's max new tokens (0 = the task's: 4096 math, 8192 general).", rich_help_panel="Sampling"),
+    hub_repo: str = typer.Option("", help="Also push the results to this Hub model repo (<ns>/<name>, private; the Solver's), folder evaluate/ of branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """Greedy accuracy on lm-eval tasks; results, samples and a compact summary."""
     args = dict(locals())
     artifacts.log(f"evaluate: {args}")
+    target = hub.model_target(hub_repo, iteration, folder="evaluate")  # checks the token before any work
+    inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
+    base_model = artifacts.resolve_base(base_model, inputs)
     if adapter:
-        artifacts.require_complete(adapter, "--adapter", "stages/train_solver.py")
+        adapter = str(artifacts.require_complete(adapter, "--adapter", "stages/train_solver.py", inputs))
         artifacts.check_lineage(base_model, iteration, {"--adapter": (adapter, iteration)})
+    if hub.skip(target, output, overwrite, "evaluate"):
+        return
     partial = artifacts.begin(output, overwrite)
     if partial is None:
         artifacts.log(f"evaluate: {output} is complete, skipping (--overwrite to redo)")
@@ -95,11 +106,12 @@ def main(
     scores = {task: r["acc,none"] for task, r in results["results"].items() if "acc,none" in r}
     counts = {task: n.get("effective", n.get("original")) for task, n in results.get("n-samples", {}).items()}
     summary = dict(stage="evaluate", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-                   args={k: str(v) for k, v in args.items()}, backend=backend, scores=scores, samples=counts,
+                   args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, scores=scores, samples=counts,
                    paper=paper_scores(results), limited=bool(limit), seconds=round(time.time() - t0, 1))
     artifacts.finish(partial, output, summary)
+    hub.push(output, target)
     shown = " | ".join(f"{t}: {100 * s:.1f}" for t, s in scores.items())
-    artifacts.log(f"evaluate: {'base' if not adapter else adapter} done in {summary['seconds']:.0f} s | {shown} | {output}")
+    artifacts.log(f"evaluate: {'base' if not adapter else args['adapter']} done in {summary['seconds']:.0f} s | {shown} | {output}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Reads: the base model and the Challenger adapter of iteration k (none: the untrained base writes
 the questions, the paper's "Base Challenger" control).
 Writes: `questions.parquet`, one row per sample (sample_id, completion, question or null),
-`summary.json` (counts, parse rate, distinct questions), `DONE`.
+`summary.json` (counts, parse rate, distinct questions), `DONE`; with --hub-repo also config
+iterNN-raw of that Hub dataset repo (then its completion marker summaries/iterNN-raw.json and the card).
+Inputs are local folders or Hub references: hf://<ns>/<repo>@<revision> (see stages/hub.py).
 
 Method (DESIGN.md section 1, step 2): N samples of the fixed Challenger prompt at temperature 1.0,
 top_p 0.95; the question is the last non-empty <question>...</question> block of each.
@@ -14,6 +16,9 @@ Examples:
   python stages/generate_questions.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 1 \\
       --challenger-adapter runs/demo/iter01/challenger --output runs/demo/iter01/questions \\
       --num-samples 512 --max-new-tokens 48
+  python stages/generate_questions.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 1 \\
+      --challenger-adapter hf://me/demo-challenger@iter01 --output runs/demo/iter01/questions \\
+      --hub-repo me/demo-questions
 """
 
 import time
@@ -22,6 +27,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import hub
 import rzero
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -29,8 +35,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
-    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k; empty = the untrained base (control).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k (folder or hf://<ns>/<repo>@iterNN); empty = the untrained base (control).", rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the questions dataset.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
@@ -42,13 +48,20 @@ def main(
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
     batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
+    hub_repo: str = typer.Option("", help="Also push the questions to this Hub dataset repo (<ns>/<name>, private) as config iterNN-raw; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """Sample N Challenger completions and parse their questions."""
     args = dict(locals())
     artifacts.log(f"generate_questions: {args}")
+    target = hub.dataset_target(hub_repo, iteration, {"raw": "questions.parquet"})  # checks the token first
+    inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
+    base_model = artifacts.resolve_base(base_model, inputs)
     if challenger_adapter:
-        artifacts.require_complete(challenger_adapter, "--challenger-adapter", "stages/train_challenger.py")
+        challenger_adapter = str(artifacts.require_complete(challenger_adapter, "--challenger-adapter",
+                                                            "stages/train_challenger.py", inputs))
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration)})
+    if hub.skip(target, output, overwrite, "generate_questions"):
+        return
     partial = artifacts.begin(output, overwrite)
     if partial is None:
         artifacts.log(f"generate_questions: {output} is complete, skipping (--overwrite to redo)")
@@ -79,11 +92,13 @@ def main(
     parsed = [q for q in questions if q]
     summary = dict(
         stage="generate_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-        args={k: str(v) for k, v in args.items()}, challenger="base (control)" if not challenger_adapter else challenger_adapter,
+        args={k: str(v) for k, v in args.items()}, inputs=inputs,
+        challenger="base (control)" if not challenger_adapter else args["challenger_adapter"],
         samples=num_samples, parsed=len(parsed), parse_rate=len(parsed) / num_samples,
         distinct=len(set(parsed)), seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)
+    hub.push(output, target)
     artifacts.log(f"generate_questions: iteration {iteration} done in {summary['seconds']:.0f} s | {num_samples} samples, "
                   f"{len(parsed)} questions ({summary['parse_rate']:.0%}), {summary['distinct']} distinct | {output}")
 

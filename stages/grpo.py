@@ -58,6 +58,9 @@ def train_lora(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     trainer.train()
+    if len(history) < steps:  # e.g. a dataset too small for one step: TRL then trains nothing, silently
+        artifacts.fail(f"GRPO ran {len(history)} of {steps} steps: the dataset ({len(dataset)} prompts) gives too few "
+                       f"batches of {prompts_per_step} prompts x {group_size} completions. Lower --prompts-per-step.")
     trainer.model.save_pretrained(output)
     shutil.rmtree(output / "trainer", ignore_errors=True)
     return history

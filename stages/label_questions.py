@@ -6,7 +6,10 @@ k-1 (none for k = 1: the base answers).
 Writes: `labeled.parquet` (one row per parsed question: the m answers, vote counts, pseudo-label,
 consistency, kept flag, and where the micro-world's safe evaluator can score the question, the
 true answer and whether the pseudo-label equals it), `train.parquet` (the kept rows: question,
-label, consistency), `summary.json`, `DONE`.
+label, consistency), `summary.json`, `DONE`; with --hub-repo also configs iterNN-labeled and
+iterNN-train of that Hub dataset repo (then their completion markers summaries/<config>.json, the card).
+Inputs are local folders or Hub references: --questions hf://datasets/<ns>/<repo>/iterNN-raw,
+--solver-adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
 
 Method (DESIGN.md section 1, steps 3-4): the Solver answers each question m times (temperature
 1.0, top_p 1.0, top_k 40 as the reference's server); equivalent final \\boxed{} answers are grouped,
@@ -22,6 +25,9 @@ Examples:
   python stages/label_questions.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
       --questions runs/demo/iter02/questions --solver-adapter runs/demo/iter01/solver \\
       --output runs/demo/iter02/labeled --m 10 --max-new-tokens 96
+  python stages/label_questions.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
+      --questions hf://datasets/me/demo-questions/iter02-raw --solver-adapter hf://me/demo-solver@iter01 \\
+      --output runs/demo/iter02/labeled --hub-repo me/demo-questions
 """
 
 import time
@@ -31,6 +37,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import hub
 import rzero
 
 COLUMNS = {"sample_id", "completion", "question"}
@@ -40,9 +47,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
-    questions: Path = typer.Option(..., help="Questions artifact of iteration k (questions.parquet).", rich_help_panel="Inputs"),
-    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1; empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    questions: str = typer.Option(..., help="Questions artifact of iteration k: folder (questions.parquet) or hf://datasets/<ns>/<repo>/iterNN-raw[@<revision>].", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the labeled dataset.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
@@ -55,15 +62,20 @@ def main(
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
     batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
+    hub_repo: str = typer.Option("", help="Also push to this Hub dataset repo (<ns>/<name>, private) as configs iterNN-labeled and iterNN-train; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """Majority-vote pseudo-labels, consistency p, and the band filter."""
     args = dict(locals())
     artifacts.log(f"label_questions: {args}")
     if label_source not in ("vote", "truth"):
         artifacts.fail(f"--label-source must be 'vote' or 'truth', not {label_source!r}.")
-    artifacts.require_complete(questions, "--questions", "stages/generate_questions.py")
+    target = hub.dataset_target(hub_repo, iteration, {"labeled": "labeled.parquet", "train": "train.parquet"})
+    inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
+    base_model = artifacts.resolve_base(base_model, inputs)
+    questions = artifacts.require_complete(questions, "--questions", "stages/generate_questions.py", inputs)
     if solver_adapter:
-        artifacts.require_complete(solver_adapter, "--solver-adapter", "stages/train_solver.py of the previous iteration")
+        solver_adapter = str(artifacts.require_complete(solver_adapter, "--solver-adapter",
+                                                        "stages/train_solver.py of the previous iteration", inputs))
     elif iteration > 1:
         artifacts.fail(f"--iteration {iteration} labels with the Solver of iteration {iteration - 1}: pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--questions": (str(questions), iteration),
@@ -74,6 +86,8 @@ def main(
     if not COLUMNS <= set(source.column_names):
         artifacts.fail(f"{questions}/questions.parquet has columns {source.column_names}; expected {sorted(COLUMNS)}. "
                        "Pass the output of stages/generate_questions.py.")
+    if hub.skip(target, output, overwrite, "label_questions"):
+        return
     partial = artifacts.begin(output, overwrite)
     if partial is None:
         artifacts.log(f"label_questions: {output} is complete, skipping (--overwrite to redo)")
@@ -119,7 +133,7 @@ def main(
     train = [dict(question=r["question"], label=r["true_answer"] if label_source == "truth" else r["label"],
                   consistency=r["consistency"]) for r in labeled if r["kept"]]
     Dataset.from_list(labeled).to_parquet(str(partial / "labeled.parquet"))
-    Dataset.from_list(train, features=None if train else _train_features()).to_parquet(str(partial / "train.parquet"))
+    _write_train(train, partial / "train.parquet")
 
     unique = [r for r in labeled if not r["repeat"]]
     scored = [r for r in unique if r["label_correct"] is not None]
@@ -127,7 +141,7 @@ def main(
     histogram = Counter(round(r["consistency"] * m) for r in unique)
     summary = dict(
         stage="label_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-        args={k: str(v) for k, v in args.items()}, questions=len(rows), distinct=len(unique),
+        args={k: str(v) for k, v in args.items()}, inputs=inputs, questions=len(rows), distinct=len(unique),
         repeats=len(rows) - len(unique), kept=len(train), kept_share=len(train) / max(1, len(unique)),
         consistency_mean=sum(r["consistency"] for r in unique) / max(1, len(unique)),
         consistency_histogram={f"{k}/{m}": histogram.get(k, 0) for k in range(m + 1)},
@@ -141,16 +155,20 @@ def main(
         label_source=label_source, seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)
+    hub.push(output, target)
     accuracy = summary["kept_pseudo_label_accuracy"]
     artifacts.log(f"label_questions: iteration {iteration} done in {summary['seconds']:.0f} s | {len(unique)} distinct "
                   f"questions, kept {len(train)} | mean p {summary['consistency_mean']:.2f} | kept label accuracy "
                   f"{'n/a' if accuracy is None else f'{accuracy:.0%}'} | {output}")
 
 
-def _train_features():
-    from datasets import Features, Value
+def _write_train(rows: list[dict], path: Path) -> None:
+    """train.parquet with its schema even when no question is kept (datasets cannot write zero rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return Features(question=Value("string"), label=Value("string"), consistency=Value("float64"))
+    schema = pa.schema([("question", pa.string()), ("label", pa.string()), ("consistency", pa.float64())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
 if __name__ == "__main__":

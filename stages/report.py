@@ -1,7 +1,9 @@
 """Report on one run (or several side by side): a markdown table and PNG plots across iterations.
 
 Reads: runs/<run>/iterNN/<stage>/summary.json of every stage that is complete, and
-runs/<run>/stage_times.tsv written by the driver. Writes: `report.md`, `scores.png` (held-out
+runs/<run>/stage_times.tsv written by the driver; or, for `--run hf://<ns>/<run>`, the summaries of
+the run's artifacts on the Hub (repos <ns>/<run>-challenger, -solver, -questions; minutes are then
+each stage's own seconds). Writes: `report.md`, `scores.png` (held-out
 accuracy per iteration, one line per run), `consistency.png` (the consistency histogram of each
 iteration of the first run), `label_accuracy.png` (pseudo-label accuracy per iteration, where
 the micro-world can score it), `summary.json`, `DONE`. A report is a view of its inputs, so it is
@@ -14,6 +16,7 @@ pseudo-label accuracy (all labeled / kept), Challenger reward, and minutes per s
 Examples:
   python stages/report.py --run runs/demo --output runs/demo/report
   python stages/report.py --run runs/demo --run runs/demo-control --run runs/demo-truth --output report
+  python stages/report.py --run hf://me/demo --output runs/demo/report
 """
 
 import csv
@@ -29,8 +32,14 @@ STAGES = ("challenger", "questions", "labeled", "solver", "evaluate")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def collect(run: Path) -> list[dict]:
+def collect(run: Path | str) -> list[dict]:
     """One dict per iteration present in `run`: the summaries of its complete stages, and times."""
+    if str(run).startswith("hf://"):
+        import hub
+
+        found = hub.run_summaries(str(run))
+        return [dict(iteration=k, times={s: found[k][s].get("seconds") if s in found[k] else None for s in STAGES},
+                     **found[k]) for k in sorted(found)]
     times: dict = {}
     if (run / "stage_times.tsv").is_file():
         for k, name, seconds in csv.reader((run / "stage_times.tsv").open(), delimiter="\t"):
@@ -82,7 +91,7 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
         main_task = next(iter(scored[0]["evaluate"]["scores"]), None) if scored else None
         if main_task:
             ax.plot([r["iteration"] for r in scored], [100 * r["evaluate"]["scores"].get(main_task, float("nan")) for r in scored],
-                    marker="o", label=f"{run.name} ({main_task})")
+                    marker="o", label=f"{Path(run).name} ({main_task})")
     ax.set(xlabel="iteration", ylabel="accuracy (%)", title="Solver accuracy by iteration")
     ax.legend()
     fig.tight_layout()
@@ -110,7 +119,7 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
             pts = [(r["iteration"], r["labeled"]["kept_pseudo_label_accuracy"]) for r in rows
                    if r.get("labeled", {}).get("kept_pseudo_label_accuracy") is not None]
             if pts:
-                ax.plot(*zip(*[(k, 100 * a) for k, a in pts]), marker="o", label=run.name)
+                ax.plot(*zip(*[(k, 100 * a) for k, a in pts]), marker="o", label=Path(run).name)
         ax.set(xlabel="iteration", ylabel="pseudo-label accuracy of kept questions (%)", title="Pseudo-label accuracy")
         ax.legend()
         fig.tight_layout()
@@ -122,12 +131,13 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
 
 @app.command()
 def main(
-    run: list[Path] = typer.Option(..., help="Run folder (runs/<run>); repeat to put runs side by side (loop, control, upper bound).", rich_help_panel="Inputs"),
+    run: list[str] = typer.Option(..., help="Run folder (runs/<run>) or a run on the Hub (hf://<ns>/<run>); repeat to put runs side by side (loop, control, upper bound).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for report.md and the PNG plots (rebuilt every time).", rich_help_panel="Outputs"),
 ):
     """Markdown table and plots across iterations; prints the table."""
+    run = [r if r.startswith("hf://") else Path(r) for r in run]
     for r in run:
-        if not r.is_dir():
+        if isinstance(r, Path) and not r.is_dir():
             artifacts.fail(f"--run {r} does not exist. Pass a run folder such as runs/demo.")
     runs = {r: collect(r) for r in run}
     partial = artifacts.begin(output, overwrite=True)

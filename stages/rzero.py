@@ -79,6 +79,7 @@ def extract_question(text: str | None) -> str | None:
 # --- Answer equivalence -----------------------------------------------------------------------
 
 _SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+")  # not \leftarrow, \rightarrow
+_E_NOTATION = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
 _INTEGER = re.compile(r"[+-]?\d{1,15}")
 VERIFY_TIMEOUT_S = 2  # math-verify's own bound on one parse or comparison (signal.alarm, in the worker)
 DEADLINE_S = 5.0  # wall-clock bound per parse or comparison, enforced from outside by killing the worker
@@ -189,7 +190,9 @@ def _verify_worker(conn) -> None:
             if len(cache) > 100_000:
                 cache.clear()
             try:
-                cache[s] = parse("\\boxed{" + s + "}", parsing_timeout=VERIFY_TIMEOUT_S)
+                e_notation = _E_NOTATION.fullmatch(s)  # 4.5e33 would parse as 4.5 * e * 33
+                latex = f"{e_notation[1]}\\times10^{{{e_notation[2]}}}" if e_notation else s
+                cache[s] = parse("\\boxed{" + latex + "}", parsing_timeout=VERIFY_TIMEOUT_S)
             except TimeoutException:  # a BaseException that parse lets through: unparseable, once
                 cache[s] = []
         return cache[s]

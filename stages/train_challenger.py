@@ -2,7 +2,9 @@
 
 Reads: the base model, the Challenger adapter of iteration k-1 (none for k = 1), and the frozen
 Solver of iteration k-1 (the Solver adapter, or the plain base for k = 1).
-Writes: the Challenger LoRA adapter of iteration k, `summary.json`, `DONE`.
+Writes: the Challenger LoRA adapter of iteration k, `summary.json`, `DONE`; with --hub-repo also
+branch iterNN of that Hub model repo (adapter, summary, DONE and a card, one commit).
+Inputs are local folders or Hub references: hf://<ns>/<repo>@<revision> (see stages/hub.py).
 
 Method (DESIGN.md section 1, step 1). Every step samples completions of the one fixed Challenger
 prompt (temperature 1.0; diversity comes from sampling). For each completion:
@@ -21,6 +23,9 @@ Examples:
   python stages/train_challenger.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
       --challenger-adapter runs/demo/iter01/challenger --solver-adapter runs/demo/iter01/solver \\
       --output runs/demo/iter02/challenger --steps 5 --prompts-per-step 16 --m 8 --max-new-tokens 48
+  python stages/train_challenger.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
+      --challenger-adapter hf://me/demo-challenger@iter01 --solver-adapter hf://me/demo-solver@iter01 \\
+      --output runs/demo/iter02/challenger --hub-repo me/demo-challenger
 """
 
 import time
@@ -29,6 +34,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import hub
 import rzero
 
 # Recipe defaults for a real model on one GPU, a reason on each line (DESIGN.md section 1).
@@ -52,9 +58,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
-    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k-1; empty for k = 1.", rich_help_panel="Inputs"),
-    solver_adapter: str = typer.Option("", help="Frozen Solver of iteration k-1; empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1.", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Frozen Solver of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the Challenger adapter of iteration k.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
@@ -74,13 +80,20 @@ def main(
     solver_backend: str = typer.Option("auto", help="Where the Solver runs: auto, hf, vllm, server.", rich_help_panel="Sampling"),
     solver_url: str = typer.Option("", help="OpenAI-compatible URL of the Solver server (--solver-backend server).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Seed of sampling and training.", rich_help_panel="Training"),
+    hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """GRPO on the Challenger prompt, reward = max(0, r_unc - r_rep)."""
     args = dict(locals())
     artifacts.log(f"train_challenger: {args}")
-    for flag, path in (("--challenger-adapter", challenger_adapter), ("--solver-adapter", solver_adapter)):
-        if path:
-            artifacts.require_complete(path, flag, "the previous iteration's stages")
+    target = hub.model_target(hub_repo, iteration)  # checks the token before any work
+    inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
+    base_model = artifacts.resolve_base(base_model, inputs)
+    if challenger_adapter:
+        challenger_adapter = str(artifacts.require_complete(challenger_adapter, "--challenger-adapter",
+                                                            "the previous iteration's stages", inputs))
+    if solver_adapter:
+        solver_adapter = str(artifacts.require_complete(solver_adapter, "--solver-adapter",
+                                                        "the previous iteration's stages", inputs))
     if iteration > 1 and not (challenger_adapter and solver_adapter):
         artifacts.fail(f"--iteration {iteration} continues iteration {iteration - 1}: pass its --challenger-adapter "
                        "and --solver-adapter.")
@@ -89,6 +102,8 @@ def main(
     if (prompts_per_step * group_size) % micro_batch_size:
         artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
                        f"= {prompts_per_step * group_size}.")
+    if hub.skip(target, output, overwrite, "train_challenger"):
+        return
     partial = artifacts.begin(output, overwrite)
     if partial is None:
         artifacts.log(f"train_challenger: {output} is complete, skipping (--overwrite to redo)")
@@ -135,7 +150,7 @@ def main(
     )
     summary = dict(
         stage="train_challenger", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-        args={k: str(v) for k, v in args.items()}, steps=steps,
+        args={k: str(v) for k, v in args.items()}, inputs=inputs, steps=steps,
         reward_first=history[0]["reward"] if history else None, reward_last=history[-1]["reward"] if history else None,
         reward_mean=grpo.mean(history, "reward"), format_rate=grpo.mean(history, "format_rate"),
         consistency_mean=grpo.mean(history, "consistency"), penalty_mean=grpo.mean(history, "penalty"),
@@ -143,6 +158,7 @@ def main(
         seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)
+    hub.push(output, target)
     artifacts.log(f"train_challenger: iteration {iteration} done in {summary['seconds']:.0f} s | reward "
                   f"{summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | format {summary['format_rate']:.0%} | "
                   f"consistency {summary['consistency_mean']:.2f} | {output}")

@@ -2,7 +2,10 @@
 
 Reads: the labeled artifact's `train.parquet` (question, label y, consistency p), the base model,
 and the Solver adapter of iteration k-1 (none for k = 1: a fresh LoRA on the base).
-Writes: the Solver LoRA adapter of iteration k, `summary.json`, `DONE`.
+Writes: the Solver LoRA adapter of iteration k, `summary.json`, `DONE`; with --hub-repo also
+branch iterNN of that Hub model repo (adapter, summary, DONE and a card, one commit).
+Inputs are local folders or Hub references: --train hf://datasets/<ns>/<repo>/iterNN-train,
+--solver-adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
 
 Method (DESIGN.md section 1, step 5): for each kept question the Solver samples G completions
 (group size, 5 in the paper); reward 1 when the completion's last \\boxed{} is equivalent to the
@@ -16,6 +19,9 @@ Examples:
   python stages/train_solver.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
       --train runs/demo/iter02/labeled --solver-adapter runs/demo/iter01/solver \\
       --output runs/demo/iter02/solver --steps 20 --prompts-per-step 16 --max-new-tokens 96
+  python stages/train_solver.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
+      --train hf://datasets/me/demo-questions/iter02-train --solver-adapter hf://me/demo-solver@iter01 \\
+      --output runs/demo/iter02/solver --hub-repo me/demo-solver
 """
 
 import time
@@ -24,6 +30,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import hub
 import rzero
 
 # Recipe defaults for a real model on one GPU, a reason on each line (DESIGN.md section 1).
@@ -46,9 +53,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder or Hub id.", rich_help_panel="Inputs"),
-    train: Path = typer.Option(..., help="Labeled artifact of this iteration (its train.parquet is used).", rich_help_panel="Inputs"),
-    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1; empty for k = 1 (start from the base).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    train: str = typer.Option(..., help="Labeled artifact of this iteration (its train.parquet is used): folder or hf://datasets/<ns>/<repo>/iterNN-train[@<revision>].", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1 (start from the base).", rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the Solver adapter of iteration k.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
@@ -63,13 +70,18 @@ def main(
     max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per completion.", rich_help_panel="Sampling"),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Seed of data order and sampling.", rich_help_panel="Training"),
+    hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """GRPO on the kept questions, reward = agreement with the pseudo-label."""
     args = dict(locals())
     artifacts.log(f"train_solver: {args}")
-    artifacts.require_complete(train, "--train (labeled questions)", "stages/label_questions.py")
+    target = hub.model_target(hub_repo, iteration)  # checks the token before any work
+    inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
+    base_model = artifacts.resolve_base(base_model, inputs)
+    train = artifacts.require_complete(train, "--train (labeled questions)", "stages/label_questions.py", inputs)
     if solver_adapter:
-        artifacts.require_complete(solver_adapter, "--solver-adapter", "stages/train_solver.py of the previous iteration")
+        solver_adapter = str(artifacts.require_complete(solver_adapter, "--solver-adapter",
+                                                        "stages/train_solver.py of the previous iteration", inputs))
     elif iteration > 1:
         artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--train": (str(train), iteration),
@@ -77,6 +89,14 @@ def main(
     if (prompts_per_step * group_size) % micro_batch_size:
         artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
                        f"= {prompts_per_step * group_size}.")
+    if hub.skip(target, output, overwrite, "train_solver"):
+        return
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(train / "train.parquet").to_pylist()
+    if not rows and not (artifacts.is_complete(output) and not overwrite):
+        artifacts.fail(f"{train} kept zero questions: nothing to train on. Generate more questions "
+                       "(--num-samples) or widen the band (--delta) in the label stage.")
     partial = artifacts.begin(output, overwrite)
     if partial is None:
         artifacts.log(f"train_solver: {output} is complete, skipping (--overwrite to redo)")
@@ -88,13 +108,11 @@ def main(
     import grpo
 
     t0 = time.time()
-    rows = Dataset.from_parquet(str(train / "train.parquet")).to_list()
-    if not rows:
-        artifacts.fail(f"{train} kept zero questions: nothing to train on. Generate more questions "
-                       "(--num-samples) or widen the band (--delta) in the label stage.")
     tokenizer = generation.load_tokenizer(base_model)
+    # the kept questions, cycled to fill every step (TRL draws whole groups of distinct prompts)
+    cycled = [rows[i % len(rows)] for i in range(max(len(rows), steps * prompts_per_step))]
     dataset = Dataset.from_list([
-        dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in rows
+        dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in cycled
     ])
 
     def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
@@ -114,13 +132,14 @@ def main(
     rewards = [h["reward"] for h in history]
     summary = dict(
         stage="train_solver", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-        args={k: str(v) for k, v in args.items()}, questions=len(rows), steps=steps,
+        args={k: str(v) for k, v in args.items()}, inputs=inputs, questions=len(rows), steps=steps,
         reward_first=rewards[0] if rewards else None, reward_last=rewards[-1] if rewards else None,
         reward_mean=grpo.mean(history, "reward"),
         zero_variance_share=grpo.mean(history, "frac_reward_zero_std"), boxed_rate=grpo.mean(history, "boxed_rate"),
         history=history, seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)
+    hub.push(output, target)
     artifacts.log(f"train_solver: iteration {iteration} done in {summary['seconds']:.0f} s | {len(rows)} questions | "
                   f"reward {summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
                   f"zero-variance groups {summary['zero_variance_share']:.0%} | {output}")

@@ -170,6 +170,10 @@ def test_normalize_answer(answer, expected):
         ("x+1", "x+2", False),  # different expressions
         ("2\\sqrt{3}", "\\sqrt{12}", True),  # radicals
         ("\\frac{19\\pi}{2}", "9.5\\pi", True),  # constants
+        ("4.5e33", "4.5 \\times 10^{33}", True),  # e-notation (Minerva's golds) is a power of ten, not Euler's e
+        ("4.5 \\times 10^{33}", "4.5e33", True),  # ... either way round
+        ("4.5e33", "4.6e33", False),  # ... and different mantissas differ
+        ("1e-3", "0.001", True),  # negative exponent
         ("no solution", "37", False),  # junk text vs a number
         ("hello", "world", False),  # junk vs junk
         ("\\text{7}", "7", True),  # \text wrapper
