@@ -60,11 +60,8 @@ def main(
     if adapter:
         adapter = str(artifacts.require_complete(adapter, "--adapter", "stages/train_solver.py", inputs))
         artifacts.check_lineage(base_model, iteration, {"--adapter": (adapter, iteration)})
-    if hub.skip(target, output, overwrite, "evaluate"):
-        return
-    partial = artifacts.begin(output, overwrite)
+    partial = hub.start("evaluate", output, overwrite, target)
     if partial is None:
-        artifacts.log(f"evaluate: {output} is complete, skipping (--overwrite to redo)")
         return
 
     import torch

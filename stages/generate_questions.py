@@ -60,11 +60,8 @@ def main(
         challenger_adapter = str(artifacts.require_complete(challenger_adapter, "--challenger-adapter",
                                                             "stages/train_challenger.py", inputs))
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration)})
-    if hub.skip(target, output, overwrite, "generate_questions"):
-        return
-    partial = artifacts.begin(output, overwrite)
+    partial = hub.start("generate_questions", output, overwrite, target)
     if partial is None:
-        artifacts.log(f"generate_questions: {output} is complete, skipping (--overwrite to redo)")
         return
 
     from datasets import Dataset

@@ -10,6 +10,13 @@ import artifacts
 import generation
 
 
+def check_batches(prompts_per_step: int, group_size: int, micro_batch_size: int) -> None:
+    """Exit with a clear error unless the micro-batches tile one step's completions exactly."""
+    if (prompts_per_step * group_size) % micro_batch_size:
+        artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
+                       f"= {prompts_per_step * group_size}.")
+
+
 def train_lora(
     *, base_model: str, adapter: str | None, dataset, reward, tokenizer, output: Path, steps: int,
     prompts_per_step: int, group_size: int, micro_batch_size: int, learning_rate: float, kl_coef: float,

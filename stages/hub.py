@@ -225,6 +225,17 @@ def skip(target: dict | None, output: Path, overwrite: bool, stage: str) -> bool
     return False
 
 
+def start(stage: str, output: Path, overwrite: bool, target: dict | None) -> Path | None:
+    """The `.partial` folder a stage works in (artifacts.begin), or None when there is nothing to do:
+    its output is complete here or on the Hub (then pushed, if only the push was missing)."""
+    if skip(target, output, overwrite, stage):
+        return None
+    partial = artifacts.begin(output, overwrite)
+    if partial is None:
+        artifacts.log(f"{stage}: {output} is complete, skipping (--overwrite to redo)")
+    return partial
+
+
 def push(output: Path, target: dict | None) -> None:
     """Push a complete local artifact to its target (nothing when target is None)."""
     if target is None:

@@ -86,11 +86,8 @@ def main(
     if not COLUMNS <= set(source.column_names):
         artifacts.fail(f"{questions}/questions.parquet has columns {source.column_names}; expected {sorted(COLUMNS)}. "
                        "Pass the output of stages/generate_questions.py.")
-    if hub.skip(target, output, overwrite, "label_questions"):
-        return
-    partial = artifacts.begin(output, overwrite)
+    partial = hub.start("label_questions", output, overwrite, target)
     if partial is None:
-        artifacts.log(f"label_questions: {output} is complete, skipping (--overwrite to redo)")
         return
 
     from tqdm import tqdm
@@ -110,10 +107,10 @@ def main(
     for i in tqdm(range(0, len(distinct), chunk), desc="label", unit="batch"):
         batch = distinct[i : i + chunk]
         outputs = sample([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in batch], m)
-        for q, texts in zip(batch, outputs):
-            answers = [rzero.last_boxed(t) for t in texts]
-            label, p = rzero.majority_vote(answers)
-            groups = Counter(g for g in rzero.group_answers(answers) if g >= 0)
+        answers_of = [[rzero.last_boxed(t) for t in texts] for texts in outputs]
+        for q, answers, grouped in zip(batch, answers_of, rzero.group_answers_many(answers_of)):
+            label, p = rzero.vote(answers, grouped)
+            groups = Counter(g for g in grouped if g >= 0)
             truth = rzero.evaluate_arithmetic(q)
             true_answer = rzero.format_number(truth) if truth is not None else None
             votes[q] = dict(answers=answers, votes=sorted(groups.values(), reverse=True), label=label, consistency=p,

@@ -78,6 +78,22 @@ def table(run: Path, rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def headline_scores(evaluation: dict) -> dict[str, float]:
+    """Every score of an evaluate summary: its tasks and groups, and the paper's MATH-avg and Overall."""
+    return {**evaluation.get("scores", {}), **{k: v for k, v in (evaluation.get("paper") or {}).items() if v is not None}}
+
+
+def headline(evaluation: dict) -> str | None:
+    """The one score a plot follows: the paper's Overall, else MATH-avg, else a group that heads
+    the other tasks (rzero_micro over rzero_micro_ops1..4), else the first task."""
+    scores = headline_scores(evaluation)
+    for name in ("Overall", "MATH-avg"):
+        if name in scores:
+            return name
+    groups = [t for t in scores if any(o != t and o.startswith(t + "_") for o in scores)]
+    return groups[0] if groups else next(iter(scores), None)
+
+
 def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
     import matplotlib
 
@@ -88,10 +104,10 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for run, rows in runs.items():
         scored = [r for r in rows if "evaluate" in r]
-        main_task = next(iter(scored[0]["evaluate"]["scores"]), None) if scored else None
+        main_task = headline(scored[0]["evaluate"]) if scored else None
         if main_task:
-            ax.plot([r["iteration"] for r in scored], [100 * r["evaluate"]["scores"].get(main_task, float("nan")) for r in scored],
-                    marker="o", label=f"{Path(run).name} ({main_task})")
+            ax.plot([r["iteration"] for r in scored], [100 * headline_scores(r["evaluate"]).get(main_task, float("nan"))
+                                                       for r in scored], marker="o", label=f"{Path(run).name} ({main_task})")
     ax.set(xlabel="iteration", ylabel="accuracy (%)", title="Solver accuracy by iteration")
     ax.legend()
     fig.tight_layout()

@@ -81,6 +81,9 @@ def extract_question(text: str | None) -> str | None:
 _SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+")  # not \leftarrow, \rightarrow
 _E_NOTATION = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
 _INTEGER = re.compile(r"[+-]?\d{1,15}")
+# A plain number: an integer, a decimal, \frac{a}{b} or a/b (normalized: no spaces, \dfrac is \frac).
+_NUMBER = re.compile(r"([+-]?)(?:(\d{1,12}(?:\.\d{1,12})?|\.\d{1,12})|\\frac\{(\d{1,12})\}\{(\d{1,12})\}|(\d{1,12})/(\d{1,12}))")
+NUMBER_GAP = 1e-3  # plain numbers further apart than this (relative) are different for math-verify too
 VERIFY_TIMEOUT_S = 2  # math-verify's own bound on one parse or comparison (signal.alarm, in the worker)
 DEADLINE_S = 5.0  # wall-clock bound per parse or comparison, enforced from outside by killing the worker
 
@@ -106,6 +109,35 @@ def normalize_answer(answer: str | None) -> str:
     if _INTEGER.fullmatch(s):
         s = str(int(s))  # '+007' and '7' are one answer
     return s
+
+
+def _plain_number(s: str) -> Fraction | None:
+    """The exact value of a normalized answer that is a plain number, else None."""
+    m = _NUMBER.fullmatch(s)
+    if not m:
+        return None
+    sign, decimal, frac_num, frac_den, slash_num, slash_den = m.groups()
+    if decimal is not None:
+        value = Fraction(decimal)
+    else:
+        num, den = (frac_num, frac_den) if frac_num is not None else (slash_num, slash_den)
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+    return -value if sign == "-" else value
+
+
+def _numeric_verdict(gold: str, pred: str) -> bool | None:
+    """math-verify's verdict on two plain numbers, without parsing them: equal values are
+    equivalent ('0.5', '1/2', '\\frac{2}{4}'), values more than NUMBER_GAP apart (relative) are
+    not. None when either is not a plain number or the two are too close to call ('0.333333' and
+    '1/3' are equivalent for math-verify, which rounds): math-verify decides."""
+    a, b = _plain_number(gold), _plain_number(pred)
+    if a is None or b is None:
+        return None
+    if a == b:
+        return True
+    return False if abs(a - b) > NUMBER_GAP * max(abs(a), abs(b)) else None
 
 
 def _provably_different(a, b) -> bool:
@@ -200,6 +232,9 @@ def _verify_worker(conn) -> None:
     def same(gold: str, pred: str) -> bool:
         if gold != pred and _INTEGER.fullmatch(gold) and _INTEGER.fullmatch(pred):
             return False  # normalized integers: different strings, different numbers
+        numeric = _numeric_verdict(gold, pred)
+        if numeric is not None:
+            return numeric
         if (gold, pred) not in verdicts:  # the same pair recurs across questions ('0' vs '1/2')
             if len(verdicts) > 500_000:
                 verdicts.clear()
@@ -217,7 +252,7 @@ def _verify_worker(conn) -> None:
             conn.send(same(gold, pred))
         for s in items if kind == "group" else ():  # the group of the first representative it matches
             group = n_groups
-            if not _INTEGER.fullmatch(s) and reps:
+            if _plain_number(s) is None and reps:
                 parsed(s)  # the newcomer first: a parse that hangs is charged to it, not to a representative
                 conn.send(None)  # a tick after each step: the parent's clock bounds one step, not the item
             for k, (g, rep) in enumerate(reps):
@@ -232,45 +267,50 @@ def _verify_worker(conn) -> None:
                 n_groups += 1
 
 
-_worker: list = []  # [process, connection] while a worker is alive
-_worker_lock = threading.Lock()  # one request at a time on the pipe, whichever thread asks
+WORKERS = 2  # worker processes for a batch of votes (majority_votes): one per core of a 2-core box
+_workers: list[list] = [[] for _ in range(WORKERS)]  # per slot: [process, connection] while alive
+_worker = _workers[0]  # the slot single calls use
+_worker_locks = [threading.Lock() for _ in range(WORKERS)]  # one request at a time on each pipe
 
 
-def _stop_worker() -> None:
-    if _worker:
-        process, conn = _worker
-        _worker.clear()
-        process.kill()
-        process.join()
-        conn.close()
+def _stop_worker(slot: int | None = None) -> None:
+    """Kill the worker of `slot` (every worker when None)."""
+    for worker in _workers if slot is None else [_workers[slot]]:
+        if worker:
+            process, conn = worker
+            worker.clear()
+            process.kill()
+            process.join()
+            conn.close()
 
 
 atexit.register(_stop_worker)
 
 
-def _worker_conn():
+def _worker_conn(slot: int = 0):
     import multiprocessing
 
-    if _worker and not _worker[0].is_alive():
-        _stop_worker()  # died between calls (killed from outside, out of memory): start afresh
-    if not _worker:
+    worker = _workers[slot]
+    if worker and not worker[0].is_alive():
+        _stop_worker(slot)  # died between calls (killed from outside, out of memory): start afresh
+    if not worker:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
         parent, child = ctx.Pipe()
         process = ctx.Process(target=_verify_worker, args=(child,), daemon=True)
         process.start()
         child.close()
-        _worker.extend([process, parent])
+        worker.extend([process, parent])
         try:
             ready = parent.poll(120) and parent.recv() == "ready"
         except (EOFError, OSError):  # the child died while starting (e.g. math-verify missing)
             ready = False
         if not ready:
-            _stop_worker()
+            _stop_worker(slot)
             raise RuntimeError("the math-verify worker did not start; is math-verify installed?")
-    return _worker[1]
+    return worker[1]
 
 
-def _verify_stream(kind: str, items: list) -> list:
+def _verify_stream(kind: str, items: list, slot: int = 0) -> list:
     """One result per item ("pairs": bool; "group": group number, new groups numbered in order),
     each parse or comparison within DEADLINE_S (in group mode the worker ticks after each step).
     An item past its deadline kills the worker and counts as not equivalent (False, or a group of
@@ -278,9 +318,9 @@ def _verify_stream(kind: str, items: list) -> list:
     out: list = []
     reps: list = []  # group: (group number, answer) of each representative so far
     n_groups = 0
-    with _worker_lock:
+    with _worker_locks[slot]:
         while len(out) < len(items):
-            conn = _worker_conn()
+            conn = _worker_conn(slot)
             try:
                 conn.send((kind, items[len(out) :], list(reps), n_groups))
                 while len(out) < len(items):
@@ -294,11 +334,11 @@ def _verify_stream(kind: str, items: list) -> list:
                         reps.append((n_groups, items[len(out) - 1]))
                         n_groups += 1
             except (TimeoutError, EOFError, OSError):
-                _stop_worker()
+                _stop_worker(slot)
                 out.append(False if kind == "pairs" else n_groups)
                 n_groups += kind == "group"
             except BaseException:  # interrupted mid-stream: never leave unread answers in the pipe
-                _stop_worker()
+                _stop_worker(slot)
                 raise
     return out
 
@@ -310,10 +350,14 @@ def equivalent_pairs(pairs: list[tuple[str | None, str | None]]) -> list[bool]:
     time. An empty answer is never equivalent; one that times out counts as not equivalent."""
     keys = [(normalize_answer(g), normalize_answer(p)) for g, p in pairs]
     result = [bool(g) and g == p for g, p in keys]
-    todo = [
-        i for i, (g, p) in enumerate(keys)
-        if g and p and g != p and not (_INTEGER.fullmatch(g) and _INTEGER.fullmatch(p))
-    ]
+    todo = []
+    for i, (g, p) in enumerate(keys):
+        if g and p and g != p and not (_INTEGER.fullmatch(g) and _INTEGER.fullmatch(p)):
+            numeric = _numeric_verdict(g, p)
+            if numeric is None:
+                todo.append(i)
+            else:
+                result[i] = numeric
     for i, same in zip(todo, _verify_stream("pairs", [keys[i] for i in todo])):
         result[i] = same
     return result
@@ -323,23 +367,69 @@ def is_equivalent(gold: str | None, pred: str | None) -> bool:
     return equivalent_pairs([(gold, pred)])[0]
 
 
-def group_answers(answers: list[str | None]) -> list[int]:
+def group_answers(answers: list[str | None], slot: int = 0) -> list[int]:
     """Group index of each answer (-1 for an empty one). Groups are numbered by first occurrence;
-    each distinct normalized answer is parsed once and compared with group representatives only."""
+    each distinct normalized answer is compared with group representatives only: by value when
+    both are plain numbers far enough apart or equal, else by math-verify, each parsed once."""
     keys = [normalize_answer(a) for a in answers]
     distinct = list(dict.fromkeys(k for k in keys if k))
-    if len(distinct) > 1 and not all(_INTEGER.fullmatch(k) for k in distinct):
-        group = dict(zip(distinct, _verify_stream("group", distinct)))
-    else:
-        group = {k: g for g, k in enumerate(distinct)}
+    group = _group_plain_numbers(distinct)
+    if group is None:
+        group = dict(zip(distinct, _verify_stream("group", distinct, slot)))
     return [group[k] if k else -1 for k in keys]
+
+
+def group_answers_many(batches: list[list[str | None]]) -> list[list[int]]:
+    """group_answers of each answer list, the lists spread over WORKERS worker processes (results
+    identical to one at a time; a batch of votes takes about 1/WORKERS of the time on idle cores)."""
+    if len(batches) < 2:
+        return [group_answers(a) for a in batches]
+    from concurrent.futures import ThreadPoolExecutor
+
+    out: list = [None] * len(batches)
+
+    def work(slot: int) -> None:
+        for i in range(slot, len(batches), WORKERS):
+            out[i] = group_answers(batches[i], slot)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(work, range(WORKERS)))
+    return out
+
+
+def _group_plain_numbers(distinct: list[str]) -> dict[str, int] | None:
+    """group_answers without math-verify when every answer is a plain number and every comparison
+    is decided by value (_numeric_verdict); None otherwise."""
+    group: dict[str, int] = {}
+    reps: list[str] = []
+    for s in distinct:
+        for g, rep in enumerate(reps):
+            verdict = False if _INTEGER.fullmatch(rep) and _INTEGER.fullmatch(s) else _numeric_verdict(rep, s)
+            if verdict is None:
+                return None
+            if verdict:
+                group[s] = g
+                break
+        else:
+            group[s] = len(reps)
+            reps.append(s)
+    return group
 
 
 def majority_vote(answers: list[str | None]) -> tuple[str, float]:
     """(pseudo-label y, consistency p) over m = len(answers) answers. p = size of the largest group
     of equivalent answers / m, empty answers counted in m. Ties go to the group seen first; the
     label is that group's first answer as written. No answer at all: ('', 0.0)."""
-    groups = group_answers(answers)
+    return vote(answers, group_answers(answers))
+
+
+def majority_votes(batches: list[list[str | None]]) -> list[tuple[str, float]]:
+    """majority_vote of each answer list, computed over WORKERS worker processes."""
+    return [vote(a, g) for a, g in zip(batches, group_answers_many(batches))]
+
+
+def vote(answers: list[str | None], groups: list[int]) -> tuple[str, float]:
+    """majority_vote from the answers' groups (as group_answers gives them)."""
     counts = Counter(g for g in groups if g >= 0)
     if not counts:
         return "", 0.0

@@ -34,6 +34,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import grpo
 import hub
 import rzero
 
@@ -99,20 +100,14 @@ def main(
                        "and --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration - 1),
                                                     "--solver-adapter": (solver_adapter or None, iteration - 1)})
-    if (prompts_per_step * group_size) % micro_batch_size:
-        artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
-                       f"= {prompts_per_step * group_size}.")
-    if hub.skip(target, output, overwrite, "train_challenger"):
-        return
-    partial = artifacts.begin(output, overwrite)
+    grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
+    partial = hub.start("train_challenger", output, overwrite, target)
     if partial is None:
-        artifacts.log(f"train_challenger: {output} is complete, skipping (--overwrite to redo)")
         return
 
     from datasets import Dataset
 
     import generation
-    import grpo
 
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
@@ -127,7 +122,8 @@ def main(
         questions = [rzero.extract_question(c) for c in completions]
         distinct = list(dict.fromkeys(q for q in questions if q))
         answers = solver([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in distinct], m)
-        consistency = {q: rzero.majority_vote([rzero.last_boxed(a) for a in ans])[1] for q, ans in zip(distinct, answers)}
+        votes = rzero.majority_votes([[rzero.last_boxed(a) for a in ans] for ans in answers])
+        consistency = {q: p for q, (_, p) in zip(distinct, votes)}
         parsed = [q for q in questions if q]
         penalty = iter(rzero.repetition_penalty(parsed, threshold=tau, weight=penalty_weight))
         penalties = [next(penalty) if q else 0.0 for q in questions]

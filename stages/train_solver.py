@@ -30,6 +30,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import grpo
 import hub
 import rzero
 
@@ -86,26 +87,20 @@ def main(
         artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--train": (str(train), iteration),
                                                     "--solver-adapter": (solver_adapter or None, iteration - 1)})
-    if (prompts_per_step * group_size) % micro_batch_size:
-        artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
-                       f"= {prompts_per_step * group_size}.")
-    if hub.skip(target, output, overwrite, "train_solver"):
-        return
+    grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
     import pyarrow.parquet as pq
 
     rows = pq.read_table(train / "train.parquet").to_pylist()
     if not rows and not (artifacts.is_complete(output) and not overwrite):
         artifacts.fail(f"{train} kept zero questions: nothing to train on. Generate more questions "
                        "(--num-samples) or widen the band (--delta) in the label stage.")
-    partial = artifacts.begin(output, overwrite)
+    partial = hub.start("train_solver", output, overwrite, target)
     if partial is None:
-        artifacts.log(f"train_solver: {output} is complete, skipping (--overwrite to redo)")
         return
 
     from datasets import Dataset
 
     import generation
-    import grpo
 
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)

@@ -79,3 +79,27 @@ def test_no_heldout_question_in_training_data(base):
         question = rzero.extract_question(completion) or messages[-1]["content"]
         assert question[len("What is "):-1] not in held
         assert not any(line.split(": ")[-1] in held for line in completion.splitlines())
+
+
+def test_the_stock_lm_eval_cli_agrees_with_the_evaluate_stage(base, tmp_path):
+    """The README's `lm_eval run` command on the built base scores every sub-task exactly as the
+    evaluate stage does (same tasks, same protocol: chat template, thinking off, greedy)."""
+    import subprocess
+    import sys
+
+    from stage_helpers import ROOT, env
+
+    run("evaluate", "--base-model", base, "--tasks", "rzero_micro", "--backend", "hf", "--output", tmp_path / "stage")
+    stage = json.loads((tmp_path / "stage" / "summary.json").read_text())["scores"]
+    lm_eval = Path(sys.executable).parent / "lm_eval"
+    proc = subprocess.run(
+        [lm_eval, "run", "--include_path", "eval/tasks", "--tasks", "rzero_micro", "--apply_chat_template",
+         "--model", "hf", "--model_args", f"pretrained={base},enable_thinking=False", "--batch_size", "64",
+         "--device", "cpu", "--output_path", tmp_path / "cli"],
+        cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "cli").rglob("results_*.json")).read_text())["results"]
+    cli = {task: r["acc,none"] for task, r in results.items() if "acc,none" in r}
+    assert set(cli) == set(stage) and len(cli) == 5  # rzero_micro and its four sub-tasks
+    assert cli == stage
+    assert 0.2 < stage["rzero_micro"] < 0.8  # the base's greedy accuracy: a real score, not 0 or 1

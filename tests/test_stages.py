@@ -211,3 +211,16 @@ def test_quick_build_is_deterministic_and_loads_with_no_arguments(quick_base, tm
     assert model.config.head_dim == 64
     digits = tokenizer.convert_ids_to_tokens(tokenizer("What is 1234 + 56?").input_ids)
     assert [t.replace("Ġ", "") for t in digits if t.replace("Ġ", "").isdigit()] == list("123456")
+
+
+@pytest.mark.parametrize("evaluation, expected", [
+    (dict(scores={"rzero_micro_ops1": 0.9, "rzero_micro": 0.5, "rzero_micro_ops2": 0.4}), "rzero_micro"),  # the group
+    (dict(scores={"rzero_amc23": 0.3}, paper={"MATH-avg": 0.3, "Overall": None}), "MATH-avg"),  # math only
+    (dict(scores={"rzero_amc23": 0.3}, paper={"MATH-avg": 0.3, "Overall": 0.2}), "Overall"),  # the full suite
+    (dict(scores={"rzero_gsm8k": 0.3, "rzero_bbeh": 0.1}), "rzero_gsm8k"),  # no group: the first task
+    (dict(scores={}), None),
+])
+def test_the_score_plot_follows_the_headline_score(evaluation, expected):
+    from report import headline
+
+    assert headline(evaluation) == expected

@@ -8,7 +8,8 @@
     and near repeats. The plain one is timed in full at B = 256 (and the penalties compared);
     above that its BLEU part is timed on a random sample of pairs and scaled to all B(B-1)/2
     pairs, plus its clustering timed in full.
-(b) majority vote: answers/s of rzero.majority_vote over 1,000 questions x 10 answers, against
+(b) majority vote: answers/s of rzero.majority_votes (as the stages call it, over its worker processes)
+    over 1,000 questions x 10 answers, against
     math-verify on every pair of distinct answers (reference_group_answers), partitions asserted
     equal. Two answer mixes: competition-style forms, and the micro-world's integers.
 (c) worst case: a vote and a pair check over adversarial answers, wall time.
@@ -112,14 +113,14 @@ def bench_vote(quick: bool) -> list[tuple]:
     n = 1000
     n_reference = 100 if quick else n
     warm = [["1/2", "0.5", "x+1", "no", "3", None], ["(1,2)", "\\sqrt{2}", "2\\pi", "7.0", "7"]]
-    for answers in warm:  # start the worker and warm both sides' parsers on unrelated answers
-        rzero.majority_vote(answers)
+    rzero.majority_votes(warm * 2)  # start the workers and warm both sides' parsers on unrelated answers
+    for answers in warm:
         reference_group_answers(answers)
     for name, make in (("competition mix", solver_answers), ("micro-world mix", micro_world_answers)):
         rng = random.Random(5)
         data = [make(rng) for _ in range(n)]
         total = sum(len(a) for a in data)
-        votes, t_core = timed(lambda: [rzero.majority_vote(a) for a in data])
+        votes, t_core = timed(rzero.majority_votes, data)  # as the stages call it: over the worker processes
         groups, _ = timed(lambda: [rzero.group_answers(a) for a in data[:n_reference]])
         reference, t_ref = timed(lambda: [reference_group_answers(a) for a in data[:n_reference]])
         mismatches = sum(g != r for g, r in zip(groups, reference))
