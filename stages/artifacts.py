@@ -84,6 +84,12 @@ def require_complete(path: str | Path, what: str, made_by: str, inputs: dict | N
     return path
 
 
+def optional_input(ref: str, what: str, made_by: str, inputs: dict) -> str | None:
+    """An input flag that may be empty (an adapter of iteration k-1 at k = 1): None when empty,
+    else the folder of the complete artifact, as require_complete gives it."""
+    return str(require_complete(ref, what, made_by, inputs)) if ref else None
+
+
 def fail(message: str) -> None:
     """Exit with a one-line error for the user (no traceback): bad input is not a crash."""
     print(f"error: {message}", file=sys.stderr)

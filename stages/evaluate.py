@@ -57,8 +57,8 @@ def main(
     target = hub.model_target(hub_repo, iteration, folder="evaluate")  # checks the token before any work
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = artifacts.resolve_base(base_model, inputs)
+    adapter = artifacts.optional_input(adapter, "--adapter", "stages/train_solver.py", inputs)
     if adapter:
-        adapter = str(artifacts.require_complete(adapter, "--adapter", "stages/train_solver.py", inputs))
         artifacts.check_lineage(base_model, iteration, {"--adapter": (adapter, iteration)})
     partial = hub.start("evaluate", output, overwrite, target)
     if partial is None:

@@ -56,10 +56,9 @@ def main(
     target = hub.dataset_target(hub_repo, iteration, {"raw": "questions.parquet"})  # checks the token first
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = artifacts.resolve_base(base_model, inputs)
-    if challenger_adapter:
-        challenger_adapter = str(artifacts.require_complete(challenger_adapter, "--challenger-adapter",
-                                                            "stages/train_challenger.py", inputs))
-    artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration)})
+    challenger_adapter = artifacts.optional_input(challenger_adapter, "--challenger-adapter",
+                                                  "stages/train_challenger.py", inputs)
+    artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter, iteration)})
     partial = hub.start("generate_questions", output, overwrite, target)
     if partial is None:
         return
@@ -72,7 +71,7 @@ def main(
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
     sample = generation.make_sampler(
-        base_model, challenger_adapter or None, backend=backend, server_url=server_url, batch_size=batch_size,
+        base_model, challenger_adapter, backend=backend, server_url=server_url, batch_size=batch_size,
         seed=seed, sampling=generation.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
     )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())

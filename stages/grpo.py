@@ -24,8 +24,9 @@ def train_lora(
     seed: int, shown: dict[str, str],
 ) -> list[dict]:
     """Train for `steps` optimizer steps of prompts_per_step x group_size completions; save the
-    adapter in `output`; return the per-step logs. `shown` maps log keys to the names printed
-    in each step line after the reward (e.g. {"format_rate": "format"})."""
+    adapter in `output`; return the per-step logs. A dataset with fewer than steps x prompts_per_step
+    rows is cycled to fill every step. `shown` maps log keys to the names printed in each step line
+    after the reward (e.g. {"format_rate": "format"})."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback
@@ -36,6 +37,8 @@ def train_lora(
     if not adapter:  # iteration 1: a fresh LoRA on every linear layer
         model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
+    if len(dataset) < steps * prompts_per_step:  # TRL draws whole batches of distinct rows: cycle the rows
+        dataset = dataset.select([i % len(dataset) for i in range(steps * prompts_per_step)])  # to fill every step
     cuda = torch.cuda.is_available()
     config = GRPOConfig(
         output_dir=str(output / "trainer"), max_steps=steps, learning_rate=learning_rate, beta=kl_coef,
@@ -65,7 +68,7 @@ def train_lora(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     trainer.train()
-    if len(history) < steps:  # e.g. a dataset too small for one step: TRL then trains nothing, silently
+    if len(history) < steps:  # TRL stops early without an error: never save that as a finished adapter
         artifacts.fail(f"GRPO ran {len(history)} of {steps} steps: the dataset ({len(dataset)} prompts) gives too few "
                        f"batches of {prompts_per_step} prompts x {group_size} completions. Lower --prompts-per-step.")
     trainer.model.save_pretrained(output)

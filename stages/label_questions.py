@@ -73,13 +73,12 @@ def main(
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = artifacts.resolve_base(base_model, inputs)
     questions = artifacts.require_complete(questions, "--questions", "stages/generate_questions.py", inputs)
-    if solver_adapter:
-        solver_adapter = str(artifacts.require_complete(solver_adapter, "--solver-adapter",
-                                                        "stages/train_solver.py of the previous iteration", inputs))
-    elif iteration > 1:
+    solver_adapter = artifacts.optional_input(solver_adapter, "--solver-adapter",
+                                              "stages/train_solver.py of the previous iteration", inputs)
+    if iteration > 1 and not solver_adapter:
         artifacts.fail(f"--iteration {iteration} labels with the Solver of iteration {iteration - 1}: pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--questions": (str(questions), iteration),
-                                                    "--solver-adapter": (solver_adapter or None, iteration - 1)})
+                                                    "--solver-adapter": (solver_adapter, iteration - 1)})
     from datasets import Dataset
 
     source = Dataset.from_parquet(str(questions / "questions.parquet"))
@@ -99,7 +98,7 @@ def main(
     distinct = list(dict.fromkeys(r["question"] for r in rows))
     tokenizer = generation.load_tokenizer(base_model)
     sample = generation.make_sampler(
-        base_model, solver_adapter or None, backend=backend, server_url=server_url, batch_size=batch_size, seed=seed,
+        base_model, solver_adapter, backend=backend, server_url=server_url, batch_size=batch_size, seed=seed,
         sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=top_k, max_new_tokens=max_new_tokens),
     )
     votes: dict[str, dict] = {}

@@ -269,7 +269,6 @@ def _verify_worker(conn) -> None:
 
 WORKERS = 2  # worker processes for a batch of votes (majority_votes): one per core of a 2-core box
 _workers: list[list] = [[] for _ in range(WORKERS)]  # per slot: [process, connection] while alive
-_worker = _workers[0]  # the slot single calls use
 _worker_locks = [threading.Lock() for _ in range(WORKERS)]  # one request at a time on each pipe
 
 

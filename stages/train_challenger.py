@@ -89,17 +89,14 @@ def main(
     target = hub.model_target(hub_repo, iteration)  # checks the token before any work
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = artifacts.resolve_base(base_model, inputs)
-    if challenger_adapter:
-        challenger_adapter = str(artifacts.require_complete(challenger_adapter, "--challenger-adapter",
-                                                            "the previous iteration's stages", inputs))
-    if solver_adapter:
-        solver_adapter = str(artifacts.require_complete(solver_adapter, "--solver-adapter",
-                                                        "the previous iteration's stages", inputs))
+    challenger_adapter = artifacts.optional_input(challenger_adapter, "--challenger-adapter",
+                                                  "the previous iteration's stages", inputs)
+    solver_adapter = artifacts.optional_input(solver_adapter, "--solver-adapter", "the previous iteration's stages", inputs)
     if iteration > 1 and not (challenger_adapter and solver_adapter):
         artifacts.fail(f"--iteration {iteration} continues iteration {iteration - 1}: pass its --challenger-adapter "
                        "and --solver-adapter.")
-    artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter or None, iteration - 1),
-                                                    "--solver-adapter": (solver_adapter or None, iteration - 1)})
+    artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter, iteration - 1),
+                                                    "--solver-adapter": (solver_adapter, iteration - 1)})
     grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
     partial = hub.start("train_challenger", output, overwrite, target)
     if partial is None:
@@ -112,11 +109,11 @@ def main(
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
     solver = generation.make_sampler(
-        base_model, solver_adapter or None, backend=solver_backend, server_url=solver_url, seed=seed,
+        base_model, solver_adapter, backend=solver_backend, server_url=solver_url, seed=seed,
         sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=40, max_new_tokens=solver_max_new_tokens),
     )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
-    dataset = Dataset.from_list([dict(prompt=prompt)] * (prompts_per_step * steps))
+    dataset = Dataset.from_list([dict(prompt=prompt)])  # one prompt, repeated by grpo.train_lora
 
     def uncertainty_minus_repetition(completions: list[str], log_metric=None, **_) -> list[float]:
         questions = [rzero.extract_question(c) for c in completions]
@@ -136,7 +133,7 @@ def main(
         return rewards
 
     history = grpo.train_lora(
-        base_model=base_model, adapter=challenger_adapter or None, dataset=dataset,
+        base_model=base_model, adapter=challenger_adapter, dataset=dataset,
         reward=uncertainty_minus_repetition, tokenizer=tokenizer, output=partial, steps=steps,
         prompts_per_step=prompts_per_step, group_size=group_size, micro_batch_size=micro_batch_size,
         learning_rate=learning_rate, kl_coef=kl_coef, clip=(RECIPE["clip_low"], RECIPE["clip_high"]),

@@ -80,13 +80,12 @@ def main(
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = artifacts.resolve_base(base_model, inputs)
     train = artifacts.require_complete(train, "--train (labeled questions)", "stages/label_questions.py", inputs)
-    if solver_adapter:
-        solver_adapter = str(artifacts.require_complete(solver_adapter, "--solver-adapter",
-                                                        "stages/train_solver.py of the previous iteration", inputs))
-    elif iteration > 1:
+    solver_adapter = artifacts.optional_input(solver_adapter, "--solver-adapter",
+                                              "stages/train_solver.py of the previous iteration", inputs)
+    if iteration > 1 and not solver_adapter:
         artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--train": (str(train), iteration),
-                                                    "--solver-adapter": (solver_adapter or None, iteration - 1)})
+                                                    "--solver-adapter": (solver_adapter, iteration - 1)})
     grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
     import pyarrow.parquet as pq
 
@@ -104,10 +103,8 @@ def main(
 
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
-    # the kept questions, cycled to fill every step (TRL draws whole groups of distinct prompts)
-    cycled = [rows[i % len(rows)] for i in range(max(len(rows), steps * prompts_per_step))]
     dataset = Dataset.from_list([
-        dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in cycled
+        dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in rows
     ])
 
     def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
@@ -117,7 +114,7 @@ def main(
         return [float(ok) for ok in rzero.equivalent_pairs(list(zip(label, answers)))]
 
     history = grpo.train_lora(
-        base_model=base_model, adapter=solver_adapter or None, dataset=dataset, reward=correctness,
+        base_model=base_model, adapter=solver_adapter, dataset=dataset, reward=correctness,
         tokenizer=tokenizer, output=partial, steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
         micro_batch_size=micro_batch_size, learning_rate=learning_rate, kl_coef=kl_coef,
         clip=(RECIPE["clip_low"], RECIPE["clip_high"]), lora_rank=lora_rank, lora_alpha=lora_alpha,

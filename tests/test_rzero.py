@@ -245,13 +245,13 @@ def test_adversarial_answers_in_a_vote():
 
 def test_timed_out_check_counts_as_different_and_the_worker_restarts(monkeypatch):
     assert rzero.is_equivalent("2x", "x+x")  # worker up (plain numbers never reach it)
-    old = rzero._worker[0].pid
+    old = rzero._workers[0][0].pid
     monkeypatch.setattr(rzero, "DEADLINE_S", 0.001)
     assert rzero.is_equivalent("(y+3)^2", "y^2+6y+9") is False  # true, but out of time
-    assert rzero._worker == []  # the late worker was killed
+    assert rzero._workers[0] == []  # the late worker was killed
     monkeypatch.setattr(rzero, "DEADLINE_S", 5.0)
     assert rzero.is_equivalent("(y+3)^2", "y^2+6y+9") is True  # a fresh worker answers
-    assert rzero._worker[0].pid != old
+    assert rzero._workers[0][0].pid != old
 
 
 def test_one_late_item_does_not_stop_the_rest(monkeypatch):
@@ -268,13 +268,13 @@ def test_deadline_bounds_one_comparison_not_a_whole_item(monkeypatch):
     # code (x^10000000 against a factorial of a huge number) is cut after DEADLINE_S, not after
     # DEADLINE_S times the number of groups so far
     rzero.is_equivalent("x+1", "1+x")
-    old = rzero._worker[0].pid
+    old = rzero._workers[0][0].pid
     monkeypatch.setattr(rzero, "DEADLINE_S", 2.0)
     start = time.monotonic()
     groups = rzero.group_answers(["(10^{10^{10}})!", "a", "b", "c", "d", "e", "x^{10000000}", "f", "a"])
     assert groups == [0, 1, 2, 3, 4, 5, 6, 7, 1]  # the cut answer alone, the rest as usual
     assert time.monotonic() - start < 12
-    assert rzero._worker[0].pid != old  # a fresh worker took over after the hung one
+    assert rzero._workers[0][0].pid != old  # a fresh worker took over after the hung one
 
 
 def test_an_unparseable_answer_costs_its_timeout_once():
@@ -289,11 +289,11 @@ def test_an_unparseable_answer_costs_its_timeout_once():
 def test_a_worker_that_died_between_calls_is_replaced():
     # killed from outside (e.g. out of memory): the next call starts a new one instead of failing
     assert rzero.is_equivalent("2x", "x+x")
-    process = rzero._worker[0]
+    process = rzero._workers[0][0]
     process.kill()
     process.join()
     assert rzero.is_equivalent("2x", "x+x")
-    assert rzero._worker[0] is not process
+    assert rzero._workers[0][0] is not process
 
 
 def test_an_interrupted_call_leaves_no_stale_answers(monkeypatch):
@@ -311,7 +311,7 @@ def test_an_interrupted_call_leaves_no_stale_answers(monkeypatch):
     monkeypatch.setattr(rzero, "_worker_conn", lambda slot=0: Interrupting())
     with pytest.raises(KeyboardInterrupt):
         rzero.equivalent_pairs([("x+1", "1+x"), ("x", "y")])  # not plain numbers: the worker decides
-    assert rzero._worker == []
+    assert rzero._workers[0] == []
     monkeypatch.undo()
     assert rzero.equivalent_pairs([("x", "y"), ("x+1", "1+x")]) == [False, True]
 
