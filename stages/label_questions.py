@@ -85,6 +85,9 @@ def main(
     if not COLUMNS <= set(source.column_names):
         artifacts.fail(f"{questions}/questions.parquet has columns {source.column_names}; expected {sorted(COLUMNS)}. "
                        "Pass the output of stages/generate_questions.py.")
+    if not any(source["question"]):
+        artifacts.fail(f"{questions} holds no parsed question in {source.num_rows} samples: nothing to label. "
+                       "Check the Challenger (its format rate in summary.json) or generate more (--num-samples).")
     partial = hub.start("label_questions", output, overwrite, target)
     if partial is None:
         return

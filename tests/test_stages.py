@@ -149,6 +149,20 @@ def test_dataset_without_the_expected_columns(it1, frozen, tmp_path):
     assert checksum(bad) == before
 
 
+def test_questions_without_a_parsed_question(it1, frozen, tmp_path):
+    from datasets import Dataset
+
+    empty = tmp_path / "questions"
+    empty.mkdir()
+    Dataset.from_dict({"sample_id": [0, 1], "completion": ["no block", "<question></question>"],
+                       "question": [None, None]}).to_parquet(str(empty / "questions.parquet"))
+    (empty / "summary.json").write_text(json.dumps({"iteration": 1}))
+    (empty / "DONE").write_text("")
+    fails_with("label_questions", "--base-model", it1["base"], "--iteration", "1", "--questions", empty,
+               "--output", tmp_path / "out", message="no parsed question in 2 samples")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
 def test_incomplete_input_is_refused(it1, frozen, tmp_path):
     half = tmp_path / "questions"
     half.mkdir()
