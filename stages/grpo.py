@@ -1,13 +1,23 @@
 """GRPO with a LoRA adapter, shared by the two training stages (train_challenger, train_solver):
 TRL's GRPOTrainer on the base with a new or continued PEFT LoRA, one `step i/N | ...` line per
 optimizer step, and the adapter saved into the stage's output folder. Heavy imports inside.
+
+On a GPU, TRL's colocated vLLM engine gets its share of the card, its context length and sleep
+mode from the stage's memory plan (stages/gpu_memory.py). It fails loudly, never saving the
+adapter, when the first step's rewards carry no signal (a needed rate at 0, or every one of at
+least MIN_GROUPS groups without variance), when fewer optimizer steps ran than asked, or when the
+adapter did not move although the rewards differed within groups. Only the
+trained adapter is saved, not TRL's frozen `ref` copy (PEFT saves every adapter unless told).
 """
 
+import json
 import shutil
 from pathlib import Path
 
 import artifacts
 import generation
+
+MIN_GROUPS = 8  # prompts per step from which "every group without variance" is judged after step 1
 
 
 def check_batches(prompts_per_step: int, group_size: int, micro_batch_size: int) -> None:
@@ -17,16 +27,44 @@ def check_batches(prompts_per_step: int, group_size: int, micro_batch_size: int)
                        f"= {prompts_per_step * group_size}.")
 
 
+def prompt_tokens(tokenizer, prompts: list[str]) -> int:
+    """Tokens in the longest of `prompts` (rendered text, no special tokens added)."""
+    return max(len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False).input_ids)
+
+
+def memory_plan(base_model: str, adapter: str | None, *, prompt_tokens: int, max_new_tokens: int,
+                micro_batch_size: int, prompts_per_step: int, group_size: int, lora_rank: int,
+                solver_len: int | None = None):
+    """The stage's one-GPU memory plan (stages/gpu_memory.py), logged; None where vLLM does not run
+    (no GPU or no vLLM: nothing shares a card). One clear error here, before any model is loaded,
+    when it does not fit. A continued adapter plans with its own rank."""
+    if not generation._vllm_usable():
+        return None
+    import gpu_memory
+
+    rank = json.loads((Path(adapter) / "adapter_config.json").read_text())["r"] if adapter else lora_rank
+    try:
+        plan = gpu_memory.for_this_card(base_model, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens,
+                                        micro_batch_size=micro_batch_size, prompts_per_step=prompts_per_step,
+                                        group_size=group_size, lora_rank=rank, solver_len=solver_len)
+    except gpu_memory.PlanError as error:
+        artifacts.fail(str(error))
+    artifacts.log(plan.line())
+    return plan
+
+
 def train_lora(
     *, base_model: str, adapter: str | None, dataset, reward, tokenizer, output: Path, steps: int,
     prompts_per_step: int, group_size: int, micro_batch_size: int, learning_rate: float, kl_coef: float,
     clip: tuple[float, float], lora_rank: int, lora_alpha: int, max_new_tokens: int, temperature: float,
-    seed: int, shown: dict[str, str],
+    seed: int, shown: dict[str, str], needed: dict[str, str] | None = None, memory=None,
 ) -> list[dict]:
     """Train for `steps` optimizer steps of prompts_per_step x group_size completions; save the
     adapter in `output`; return the per-step logs. A dataset with fewer than steps x prompts_per_step
     rows is cycled to fill every step. `shown` maps log keys to the names printed in each step line
-    after the reward (e.g. {"format_rate": "format"})."""
+    after the reward (e.g. {"format_rate": "format"}). `needed` maps a logged rate to the fix to print
+    when it is 0 after the first step (no signal: stop, rather than spend the whole budget).
+    `memory`: the stage's gpu_memory.Plan (TRL's engine share, context length, sleep mode), or None."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback
@@ -48,16 +86,20 @@ def train_lora(
         max_completion_length=max_new_tokens, temperature=temperature, top_p=1.0, seed=seed, data_seed=seed,
         logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda,
         gradient_checkpointing=cuda, use_vllm=cuda and generation._vllm_usable(), vllm_mode="colocate",
-        log_level="warning",
+        log_level="warning", **vllm_memory(memory),
     )
     history: list[dict] = []
+    no_signal: list[str] = []
 
     class StepLine(TrainerCallback):
-        def on_log(self, _args, state, _control, logs=None, **_):
+        def on_log(self, _args, state, control, logs=None, **_):
             if logs and "reward" in logs:
                 history.append(dict(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}))
                 extra = " | ".join(f"{name}: {logs.get(key, float('nan')):.3f}" for key, name in shown.items())
                 artifacts.log(f"step {state.global_step}/{steps} | reward: {logs['reward']:.3f} | {extra}")
+                if len(history) == 1:
+                    no_signal.extend(signal_problems(history[0], needed or {}, prompts_per_step, group_size))
+                    control.should_training_stop = bool(no_signal)
 
     class QuietProgress(ProgressCallback):  # keep the bar, drop its dump of every log dict
         def on_log(self, *_args, **_kwargs):
@@ -67,13 +109,56 @@ def train_lora(
                           processing_class=tokenizer, callbacks=[StepLine()])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
+    start = fingerprint(trainer.model)
     trainer.train()
-    if len(history) < steps:  # TRL stops early without an error: never save that as a finished adapter
-        artifacts.fail(f"GRPO ran {len(history)} of {steps} steps: the dataset ({len(dataset)} prompts) gives too few "
-                       f"batches of {prompts_per_step} prompts x {group_size} completions. Lower --prompts-per-step.")
-    trainer.model.save_pretrained(output)
+    if no_signal:
+        artifacts.fail(f"the rewards carry no signal after step 1/{steps}: {' '.join(no_signal)} Stopped instead of "
+                       f"spending the other {steps - 1} steps.")
+    if len(history) != steps or trainer.state.global_step != steps:  # TRL stops early without an error
+        artifacts.fail(f"GRPO ran {trainer.state.global_step} of {steps} optimizer steps ({len(history)} logged): the "
+                       f"dataset ({len(dataset)} prompts) gives too few batches of {prompts_per_step} prompts x "
+                       f"{group_size} completions. Lower --prompts-per-step.")
+    if fingerprint(trainer.model) == start:  # B still at its zero init (or a continued adapter unchanged)
+        flat = all(h.get("frac_reward_zero_std", 0.0) >= 1.0 for h in history)
+        if not flat:  # rewards differed, so gradients were nonzero: they never reached the adapter
+            artifacts.fail(f"the LoRA adapter did not move in {steps} optimizer steps although rewards differed within "
+                           "groups: the optimizer is not updating it (learning rate 0, or frozen LoRA parameters).")
+        # every group flat in every step: zero advantages. From MIN_GROUPS groups up, step 1 already stopped on it;
+        # with fewer it can be chance (a tiny plumbing run), so it is said loudly, not fatal
+        artifacts.log(f"warning: the LoRA adapter did not move: all {prompts_per_step} groups had equal rewards in "
+                      f"each of the {steps} steps. At this size that can be chance; at real sizes it means no signal.")
+    trainer.model.save_pretrained(output, selected_adapters=["default"])  # not TRL's frozen `ref` copy
     shutil.rmtree(output / "trainer", ignore_errors=True)
     return history
+
+
+def vllm_memory(memory) -> dict:
+    """GRPOConfig fields for TRL's colocated engine from a gpu_memory.Plan (nothing without one)."""
+    if memory is None:
+        return {}
+    return dict(vllm_gpu_memory_utilization=memory.trl_utilization, vllm_max_model_length=memory.trl_max_model_len,
+                vllm_enable_sleep_mode=memory.trl_sleep)
+
+
+def signal_problems(first: dict, needed: dict[str, str], prompts_per_step: int, group_size: int) -> list[str]:
+    """Why the first step's rewards cannot teach anything, one sentence each (none: fine). A rate in
+    `needed` at 0 is its fix; every group without variance (TRL's frac_reward_zero_std = 1) means
+    zero advantages, judged only from at least MIN_GROUPS groups (fewer can agree by chance)."""
+    problems = [f"{key} is 0: {fix}" for key, fix in needed.items() if first.get(key, 1.0) == 0]
+    if first.get("frac_reward_zero_std", 0.0) >= 1.0 and prompts_per_step >= MIN_GROUPS:
+        problems.append(f"all {prompts_per_step} groups of {group_size} completions got equal rewards "
+                        f"(reward {first.get('reward', float('nan')):.3f}), so every advantage is 0. Use a stronger base "
+                        "or fix the prompt's format so that completions in a group differ in reward.")
+    return problems
+
+
+def fingerprint(model) -> list[tuple[float, float]]:
+    """(sum, sum of squares) of each trainable tensor: equal before and after means nothing moved."""
+    import torch
+
+    with torch.no_grad():
+        return [(p.double().sum().item(), p.double().square().sum().item())
+                for _, p in sorted(model.named_parameters()) if p.requires_grad]
 
 
 def mean(history: list[dict], key: str) -> float | None:

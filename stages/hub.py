@@ -132,6 +132,41 @@ def resolve(ref: str, what: str) -> tuple[Path, str]:
         artifacts.fail(f"{what} {ref}: {reason(e)}")
 
 
+def input(ref: str, what: str, made_by: str, inputs: dict) -> Path:
+    """An input artifact, local or on the Hub, as a complete local folder (or exit with an error that
+    says which stage makes it); `inputs` records where it came from, with the commit, for summary.json."""
+    commit = None
+    if ref.startswith(PREFIX):
+        path, commit = resolve(ref, what.split()[0])
+        if not artifacts.is_complete(path):
+            artifacts.fail(f"{what} {ref} is incomplete on the Hub (no {artifacts.DONE} on that revision): its push "
+                           f"failed or never ran. Rerun {made_by}.")
+    else:
+        path = Path(ref)
+    inputs[what.split()[0]] = dict(ref=ref, commit=commit)
+    return artifacts.require_complete(path, what, made_by)
+
+
+def optional_input(ref: str, what: str, made_by: str, inputs: dict) -> str | None:
+    """An input flag that may be empty (an adapter of iteration k-1 at k = 1): None when empty,
+    else the folder of the complete artifact, as `input` gives it."""
+    return str(input(ref, what, made_by, inputs)) if ref else None
+
+
+def base(ref: str, inputs: dict) -> str:
+    """The base model as transformers loads it: a local folder or a Hub model id as given, or the
+    download of an hf:// reference. `inputs` records it with its commit when it is on the Hub."""
+    commit = None
+    if ref.startswith(PREFIX):
+        folder, commit = resolve(ref, "--base-model")
+        inputs["--base-model"] = dict(ref=ref, commit=commit)
+        return str(folder)
+    if not Path(ref).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        commit = model_commit(ref)
+    inputs["--base-model"] = dict(ref=ref, commit=commit)
+    return ref
+
+
 def _assemble(snapshot: Path, marker: dict, folder: Path) -> None:
     """The local form of a dataset artifact: one parquet file per config, summary.json, DONE."""
     import pyarrow.parquet as pq

@@ -37,7 +37,9 @@ from pathlib import Path
 import typer
 
 import artifacts
+import equivalence
 import hub
+import microworld
 import rzero
 
 COLUMNS = {"sample_id", "completion", "question"}
@@ -60,7 +62,7 @@ def main(
     top_k: int = typer.Option(40, help="top-k of the Solver's sampling (reference server: 40; 0 = off).", rich_help_panel="Sampling"),
     backend: str = typer.Option("auto", help="Generation backend: auto, hf, vllm, server.", rich_help_panel="Sampling"),
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
-    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend).", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend; vllm and server take every question at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push to this Hub dataset repo (<ns>/<name>, private) as configs iterNN-labeled and iterNN-train; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
@@ -71,9 +73,9 @@ def main(
         artifacts.fail(f"--label-source must be 'vote' or 'truth', not {label_source!r}.")
     target = hub.dataset_target(hub_repo, iteration, {"labeled": "labeled.parquet", "train": "train.parquet"})
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
-    base_model = artifacts.resolve_base(base_model, inputs)
-    questions = artifacts.require_complete(questions, "--questions", "stages/generate_questions.py", inputs)
-    solver_adapter = artifacts.optional_input(solver_adapter, "--solver-adapter",
+    base_model = hub.base(base_model, inputs)
+    questions = hub.input(questions, "--questions", "stages/generate_questions.py", inputs)
+    solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter",
                                               "stages/train_solver.py of the previous iteration", inputs)
     if iteration > 1 and not solver_adapter:
         artifacts.fail(f"--iteration {iteration} labels with the Solver of iteration {iteration - 1}: pass --solver-adapter.")
@@ -99,25 +101,26 @@ def main(
     t0 = time.time()
     rows = [r for r in source.to_list() if r["question"]]
     distinct = list(dict.fromkeys(r["question"] for r in rows))
+    backend = generation.resolve_backend(backend)
     tokenizer = generation.load_tokenizer(base_model)
     sample = generation.make_sampler(
         base_model, solver_adapter, backend=backend, server_url=server_url, batch_size=batch_size, seed=seed,
         sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=top_k, max_new_tokens=max_new_tokens),
     )
     votes: dict[str, dict] = {}
-    chunk = max(1, batch_size // m)
+    chunk = max(1, batch_size // m) if backend == "hf" else len(distinct)  # vLLM: one list, it schedules the batches
     for i in tqdm(range(0, len(distinct), chunk), desc="label", unit="batch"):
         batch = distinct[i : i + chunk]
         outputs = sample([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in batch], m)
         answers_of = [[rzero.last_boxed(t) for t in texts] for texts in outputs]
-        for q, answers, grouped in zip(batch, answers_of, rzero.group_answers_many(answers_of)):
+        for q, answers, grouped in zip(batch, answers_of, equivalence.group_answers_many(answers_of)):
             label, p = rzero.vote(answers, grouped)
             groups = Counter(g for g in grouped if g >= 0)
-            truth = rzero.evaluate_arithmetic(q)
-            true_answer = rzero.format_number(truth) if truth is not None else None
+            truth = microworld.evaluate_arithmetic(q)
+            true_answer = microworld.format_number(truth) if truth is not None else None
             votes[q] = dict(answers=answers, votes=sorted(groups.values(), reverse=True), label=label, consistency=p,
                             true_answer=true_answer,
-                            label_correct=rzero.is_equivalent(true_answer, label) if truth is not None else None)
+                            label_correct=equivalence.is_equivalent(true_answer, label) if truth is not None else None)
 
     seen: set[str] = set()
     labeled = []
@@ -140,13 +143,16 @@ def main(
     histogram = Counter(round(r["consistency"] * m) for r in unique)
     summary = dict(
         stage="label_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-        args={k: str(v) for k, v in args.items()}, inputs=inputs, questions=len(rows), distinct=len(unique),
+        args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, questions=len(rows), distinct=len(unique),
         repeats=len(rows) - len(unique), kept=len(train), kept_share=len(train) / max(1, len(unique)),
         consistency_mean=sum(r["consistency"] for r in unique) / max(1, len(unique)),
         consistency_histogram={f"{k}/{m}": histogram.get(k, 0) for k in range(m + 1)},
         empty_labels=sum(not r["label"] for r in unique), scorable_share=len(scored) / max(1, len(unique)),
         pseudo_label_accuracy=sum(r["label_correct"] for r in scored) / len(scored) if scored else None,
         kept_pseudo_label_accuracy=sum(r["label_correct"] for r in kept_scored) / len(kept_scored) if kept_scored else None,
+        # what the Solver trains on: the vote's labels, or the exact answers of --label-source truth
+        trained_label_accuracy=(1.0 if label_source == "truth" else
+                                sum(r["label_correct"] for r in kept_scored) / len(kept_scored)) if kept_scored else None,
         label_accuracy_by_votes={
             f"{k}/{m}": sum(r["label_correct"] for r in scored if round(r["consistency"] * m) == k)
             / max(1, sum(round(r["consistency"] * m) == k for r in scored)) for k in sorted(histogram)

@@ -20,7 +20,6 @@ Examples:
 """
 
 import csv
-import json
 from pathlib import Path
 
 import typer
@@ -64,7 +63,7 @@ def fmt(value, percent: bool = False) -> str:
 def table(run: Path, rows: list[dict]) -> list[str]:
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("evaluate", {}).get("scores", {})))
     paper = [p for p in ("MATH-avg", "Overall") if any((r.get("evaluate", {}).get("paper") or {}).get(p) is not None for r in rows)]
-    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "label acc (all / kept)", "Challenger reward", "minutes per stage"]
+    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)", "trained-on label acc", "Challenger reward", "minutes per stage"]
     lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})
@@ -73,6 +72,7 @@ def table(run: Path, rows: list[dict]) -> list[str]:
                  *(fmt((ev.get("paper") or {}).get(p), True) for p in paper),
                  fmt(q.get("parsed")), fmt(lab.get("kept")), fmt(lab.get("consistency_mean")),
                  f"{fmt(lab.get('pseudo_label_accuracy'), True)} / {fmt(lab.get('kept_pseudo_label_accuracy'), True)}",
+                 fmt(lab.get("trained_label_accuracy"), True),  # 100 for a LABEL_SOURCE=truth run
                  fmt(ch.get("reward_mean")), minutes or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
@@ -99,6 +99,7 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -109,6 +110,7 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
             ax.plot([r["iteration"] for r in scored], [100 * headline_scores(r["evaluate"]).get(main_task, float("nan"))
                                                        for r in scored], marker="o", label=f"{Path(run).name} ({main_task})")
     ax.set(xlabel="iteration", ylabel="accuracy (%)", title="Solver accuracy by iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations, never 0.5
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "scores.png", dpi=100)
@@ -137,6 +139,7 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
             if pts:
                 ax.plot(*zip(*[(k, 100 * a) for k, a in pts]), marker="o", label=Path(run).name)
         ax.set(xlabel="iteration", ylabel="pseudo-label accuracy of kept questions (%)", title="Pseudo-label accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "label_accuracy.png", dpi=100)
@@ -147,8 +150,10 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
 
 @app.command()
 def main(
-    run: list[str] = typer.Option(..., help="Run folder (runs/<run>) or a run on the Hub (hf://<ns>/<run>); repeat to put runs side by side (loop, control, upper bound).", rich_help_panel="Inputs"),
-    output: Path = typer.Option(..., help="Folder for report.md and the PNG plots (rebuilt every time).", rich_help_panel="Outputs"),
+    run: list[str] = typer.Option(..., help="Run folder (runs/<run>) or a run on the Hub (hf://<ns>/<run>); repeat "
+                                  "to put runs side by side (loop, control, upper bound).", rich_help_panel="Inputs"),
+    output: Path = typer.Option(..., help="Folder for report.md and the PNG plots (rebuilt every time).",
+                                rich_help_panel="Outputs"),
 ):
     """Markdown table and plots across iterations; prints the table."""
     run = [r if r.startswith("hf://") else Path(r) for r in run]

@@ -57,6 +57,20 @@ RECIPE = dict(
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+def reward_function(solve, m: int, tau: float, penalty_weight: float):
+    """The reward TRL calls with each batch of Challenger completions: max(0, r_unc - r_rep) per
+    completion (rzero.challenger_rewards), its batch metrics logged beside the reward."""
+
+    def uncertainty_minus_repetition(completions: list[str], log_metric=None, **_) -> list[float]:
+        rewards, metrics = rzero.challenger_rewards(completions, solve, m, tau=tau, penalty_weight=penalty_weight)
+        if log_metric:
+            for key, value in metrics.items():
+                log_metric(key, value)
+        return rewards
+
+    return uncertainty_minus_repetition
+
+
 @app.command()
 def main(
     base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
@@ -78,20 +92,26 @@ def main(
     micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward pass.", rich_help_panel="Training"),
     max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per Challenger completion.", rich_help_panel="Sampling"),
     solver_max_new_tokens: int = typer.Option(RECIPE["solver_max_new_tokens"], help="Max tokens per Solver answer.", rich_help_panel="Sampling"),
-    solver_backend: str = typer.Option("auto", help="Where the Solver runs: auto, hf, vllm, server.", rich_help_panel="Sampling"),
-    solver_url: str = typer.Option("", help="OpenAI-compatible URL of the Solver server (--solver-backend server).", rich_help_panel="Sampling"),
-    seed: int = typer.Option(0, help="Seed of sampling and training.", rich_help_panel="Training"),
+    backend: str = typer.Option("auto", help="Where the frozen Solver samples its m answers: auto (vLLM on a GPU if "
+                                "installed, else transformers), hf, vllm, server.", rich_help_panel="Sampling"),
+    server_url: str = typer.Option("", help="OpenAI-compatible URL of the Solver server for --backend server "
+                                   "(e.g. http://127.0.0.1:8011/v1).", rich_help_panel="Sampling"),
+    solver_backend: str = typer.Option("", hidden=True, help="Renamed --backend."),
+    solver_url: str = typer.Option("", hidden=True, help="Renamed --server-url."),
+    seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """GRPO on the Challenger prompt, reward = max(0, r_unc - r_rep)."""
+    backend = artifacts.renamed(solver_backend, "--solver-backend", backend, "--backend")
+    server_url = artifacts.renamed(solver_url, "--solver-url", server_url, "--server-url")
     args = dict(locals())
     artifacts.log(f"train_challenger: {args}")
     target = hub.model_target(hub_repo, iteration)  # checks the token before any work
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
-    base_model = artifacts.resolve_base(base_model, inputs)
-    challenger_adapter = artifacts.optional_input(challenger_adapter, "--challenger-adapter",
+    base_model = hub.base(base_model, inputs)
+    challenger_adapter = hub.optional_input(challenger_adapter, "--challenger-adapter",
                                                   "the previous iteration's stages", inputs)
-    solver_adapter = artifacts.optional_input(solver_adapter, "--solver-adapter", "the previous iteration's stages", inputs)
+    solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter", "the previous iteration's stages", inputs)
     if iteration > 1 and not (challenger_adapter and solver_adapter):
         artifacts.fail(f"--iteration {iteration} continues iteration {iteration - 1}: pass its --challenger-adapter "
                        "and --solver-adapter.")
@@ -108,38 +128,40 @@ def main(
 
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
-    solver = generation.make_sampler(
-        base_model, solver_adapter, backend=solver_backend, server_url=solver_url, seed=seed,
-        sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=40, max_new_tokens=solver_max_new_tokens),
-    )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
+    # One card for the Solver's engine, TRL's and the trainer. The Solver reads a question of up to
+    # max_new_tokens (it is cut from a Challenger completion) and answers it in solver_max_new_tokens.
+    in_process = generation.resolve_backend(backend) == "vllm"
+    solver_len = grpo.prompt_tokens(tokenizer, [rzero.render_prompt(tokenizer, rzero.solver_messages(""))]) \
+        + max_new_tokens + solver_max_new_tokens
+    memory = grpo.memory_plan(base_model, challenger_adapter, prompt_tokens=grpo.prompt_tokens(tokenizer, [prompt]),
+                              max_new_tokens=max_new_tokens, micro_batch_size=micro_batch_size,
+                              prompts_per_step=prompts_per_step, group_size=group_size, lora_rank=lora_rank,
+                              solver_len=solver_len if in_process else None)
+    solver = generation.make_sampler(  # before the trainer: its engine then runs in a child process
+        base_model, solver_adapter, backend=backend, server_url=server_url, seed=seed,
+        sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=40, max_new_tokens=solver_max_new_tokens),
+        gpu_memory_utilization=memory and memory.solver_utilization,
+        max_model_len=memory and memory.solver_max_model_len,
+    )
     dataset = Dataset.from_list([dict(prompt=prompt)])  # one prompt, repeated by grpo.train_lora
 
-    def uncertainty_minus_repetition(completions: list[str], log_metric=None, **_) -> list[float]:
-        questions = [rzero.extract_question(c) for c in completions]
-        distinct = list(dict.fromkeys(q for q in questions if q))
-        answers = solver([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in distinct], m)
-        votes = rzero.majority_votes([[rzero.last_boxed(a) for a in ans] for ans in answers])
-        consistency = {q: p for q, (_, p) in zip(distinct, votes)}
-        parsed = [q for q in questions if q]
-        penalty = iter(rzero.repetition_penalty(parsed, threshold=tau, weight=penalty_weight))
-        penalties = [next(penalty) if q else 0.0 for q in questions]
-        rewards = [rzero.challenger_reward(q, consistency.get(q, 0.0), r) for q, r in zip(questions, penalties)]
-        if log_metric:
-            log_metric("format_rate", len(parsed) / len(questions))
-            log_metric("consistency", sum(consistency[q] for q in parsed) / max(1, len(parsed)))
-            log_metric("penalty", sum(penalties) / max(1, len(parsed)))
-            log_metric("zero_reward_share", sum(r == 0 for r in rewards) / len(rewards))
-        return rewards
+    def solve(questions: list[str], n: int) -> list[list[str]]:  # the frozen Solver, m answers each
+        return solver([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in questions], n)
+
 
     history = grpo.train_lora(
         base_model=base_model, adapter=challenger_adapter, dataset=dataset,
-        reward=uncertainty_minus_repetition, tokenizer=tokenizer, output=partial, steps=steps,
+        reward=reward_function(solve, m, tau, penalty_weight), tokenizer=tokenizer, output=partial, steps=steps,
         prompts_per_step=prompts_per_step, group_size=group_size, micro_batch_size=micro_batch_size,
         learning_rate=learning_rate, kl_coef=kl_coef, clip=(RECIPE["clip_low"], RECIPE["clip_high"]),
         lora_rank=lora_rank, lora_alpha=lora_alpha, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
         shown={"format_rate": "format", "consistency": "consistency", "penalty": "penalty",
                "zero_reward_share": "zero rewards"},
+        needed={"format_rate": "no completion holds a non-empty <question>...</question> block, so every reward is "
+                "0. Use a stronger base that follows the Challenger prompt, or change the prompt's format "
+                "(rzero.challenger_messages)."},
+        memory=memory,
     )
     summary = dict(
         stage="train_challenger", iteration=iteration, base_identity=artifacts.base_identity(base_model),

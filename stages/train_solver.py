@@ -52,6 +52,14 @@ RECIPE = dict(
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
+    """The reward TRL calls with each batch of Solver completions and their questions' pseudo-labels
+    y (the dataset's `label` column): 1 for an answer equivalent to y, else 0; the boxed rate logged."""
+    if log_metric:
+        log_metric("boxed_rate", sum(rzero.last_boxed(c) is not None for c in completions) / len(completions))
+    return rzero.solver_rewards(completions, label)
+
+
 @app.command()
 def main(
     base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
@@ -62,7 +70,7 @@ def main(
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
     group_size: int = typer.Option(RECIPE["group_size"], min=2, help="G: completions per question.", rich_help_panel="Method"),
     steps: int = typer.Option(RECIPE["steps"], min=1, help="Optimizer steps.", rich_help_panel="Training"),
-    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Questions per optimizer step.", rich_help_panel="Training"),
+    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Prompts (kept questions) per optimizer step.", rich_help_panel="Training"),
     learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.", rich_help_panel="Training"),
     kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).", rich_help_panel="Training"),
     lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank r of a new adapter (a continued adapter keeps its own).", rich_help_panel="Training"),
@@ -70,7 +78,7 @@ def main(
     micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward pass.", rich_help_panel="Training"),
     max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per completion.", rich_help_panel="Sampling"),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
-    seed: int = typer.Option(0, help="Seed of data order and sampling.", rich_help_panel="Training"),
+    seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
 ):
     """GRPO on the kept questions, reward = agreement with the pseudo-label."""
@@ -78,9 +86,9 @@ def main(
     artifacts.log(f"train_solver: {args}")
     target = hub.model_target(hub_repo, iteration)  # checks the token before any work
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
-    base_model = artifacts.resolve_base(base_model, inputs)
-    train = artifacts.require_complete(train, "--train (labeled questions)", "stages/label_questions.py", inputs)
-    solver_adapter = artifacts.optional_input(solver_adapter, "--solver-adapter",
+    base_model = hub.base(base_model, inputs)
+    train = hub.input(train, "--train (labeled questions)", "stages/label_questions.py", inputs)
+    solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter",
                                               "stages/train_solver.py of the previous iteration", inputs)
     if iteration > 1 and not solver_adapter:
         artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: pass --solver-adapter.")
@@ -107,12 +115,9 @@ def main(
         dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in rows
     ])
 
-    def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
-        answers = [rzero.last_boxed(c) for c in completions]
-        if log_metric:
-            log_metric("boxed_rate", sum(a is not None for a in answers) / len(answers))
-        return [float(ok) for ok in rzero.equivalent_pairs(list(zip(label, answers)))]
-
+    memory = grpo.memory_plan(base_model, solver_adapter, prompt_tokens=grpo.prompt_tokens(tokenizer, dataset["prompt"]),
+                              max_new_tokens=max_new_tokens, micro_batch_size=micro_batch_size,
+                              prompts_per_step=prompts_per_step, group_size=group_size, lora_rank=lora_rank)
     history = grpo.train_lora(
         base_model=base_model, adapter=solver_adapter, dataset=dataset, reward=correctness,
         tokenizer=tokenizer, output=partial, steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
@@ -120,6 +125,9 @@ def main(
         clip=(RECIPE["clip_low"], RECIPE["clip_high"]), lora_rank=lora_rank, lora_alpha=lora_alpha,
         max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
         shown={"frac_reward_zero_std": "zero-variance groups", "boxed_rate": "boxed"},
+        needed={"boxed_rate": "no completion holds a \\boxed{} answer, so none can match its label. Use a stronger "
+                "base that follows the Solver prompt, or change the prompt's format (rzero.solver_messages)."},
+        memory=memory,
     )
     rewards = [h["reward"] for h in history]
     summary = dict(

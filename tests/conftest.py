@@ -30,3 +30,32 @@ def quick_base(tmp_path_factory) -> Path:
 
     cache = tmp_path_factory.mktemp("quick-cache")
     return Path(run("build_base", "--quick", "--cache-dir", cache).stdout.strip().splitlines()[-1])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vllm: runs a real vLLM engine (CPU or GPU); in the vLLM venv: "
+                            "python -m pytest -m vllm tests (requirements-vllm.txt, .ci/run does it)")
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped, with the reason, where it is absent")
+
+
+def pytest_collection_modifyitems(config, items):
+    """vllm tests are skipped, visibly, where vLLM is not installed, except when they are asked for by
+    name (-m vllm): then a missing vLLM is an error, never a green run of skips. gpu tests skip without CUDA."""
+    import importlib.util
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if not has_vllm and "vllm" in (config.option.markexpr or "") and "not vllm" not in config.option.markexpr:
+        raise pytest.UsageError("-m vllm asks for the vLLM tests, but vllm is not importable in this interpreter "
+                                f"({sys.executable}): install requirements-vllm.txt")
+    has_cuda = None
+    for item in items:
+        if "vllm" in item.keywords and not has_vllm:
+            item.add_marker(pytest.mark.skip(reason="vLLM is not installed here; these run in the vLLM venv "
+                                                    "(requirements-vllm.txt; .ci/run runs them)"))
+        if "gpu" in item.keywords:
+            if has_cuda is None:
+                import torch
+
+                has_cuda = torch.cuda.is_available()
+            if not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA (GRPO with vLLM colocate is GPU-only)"))

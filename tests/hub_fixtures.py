@@ -5,7 +5,7 @@ points HF_ENDPOINT at the server, carries the test token and turns offline mode 
 (the pytest process itself stays offline, see conftest.py):
 
     def test_label_pushes_its_config(hub, tmp_path):
-        hub.run([sys.executable, "stages/label.py", ..., "--hub-namespace", hub.user], check=True)
+        hub.run([sys.executable, "stages/label_questions.py", ..., "--hub-repo", f"{hub.user}/run-questions"], check=True)
         names = "import sys, datasets; print(datasets.get_dataset_config_names(sys.argv[1]))"
         assert "iter01-labeled" in hub.python(names, f"{hub.user}/run-questions").stdout
 

@@ -16,7 +16,7 @@ import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sklearn.cluster import AgglomerativeClustering
 
-from rzero import VERIFY_TIMEOUT_S, normalize_answer
+from equivalence import VERIFY_TIMEOUT_S, normalize_answer
 
 
 def reference_bleu(hypothesis: str, reference: str) -> float:
@@ -74,7 +74,7 @@ def reference_group_answers(answers: list[str | None]) -> list[int]:
     """Group index of each answer (-1 for an empty one), from math-verify run on every pair of
     distinct normalized answers. An answer joins the group of the first earlier distinct answer
     that starts a group and that it matches (earlier answer as gold); otherwise it starts a new
-    group. Groups are numbered by first occurrence. Same contract as rzero.group_answers."""
+    group. Groups are numbered by first occurrence. Same contract as equivalence.group_answers."""
     keys = [normalize_answer(a) for a in answers]
     distinct = list(dict.fromkeys(k for k in keys if k))
     n = len(distinct)

@@ -1,6 +1,7 @@
 """run_iteration.sh: killed once inside each stage in turn, a rerun completes with the same set of
 artifacts as an uninterrupted run (quick base, tiny knobs)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,8 +11,8 @@ from pathlib import Path
 from stage_helpers import ROOT, env
 
 # One iteration in about a minute on the quick base; each knob is the driver's own.
-KNOBS = dict(ITERATIONS="1", RUN="t", N="16", M="3", DELTA="0.5", CHALLENGER_STEPS="1", CHALLENGER_PROMPTS="2",
-             SOLVER_STEPS="1", SOLVER_PROMPTS="2", MICRO_BATCH="2", MAX_NEW_TOKENS="32", LORA_RANK="4",
+KNOBS = dict(ITERATIONS="1", RUN="t", N="16", M="3", DELTA="0.5", CHALLENGER_STEPS="1", CHALLENGER_PROMPTS_PER_STEP="2",
+             SOLVER_STEPS="1", SOLVER_PROMPTS_PER_STEP="2", MICRO_BATCH_SIZE="2", MAX_NEW_TOKENS="32", LORA_RANK="4",
              EVAL_TASKS="rzero_micro", EVAL_MAX_NEW_TOKENS="32")
 STAGE_FOLDERS = ["iter00/evaluate", "iter01/challenger", "iter01/questions", "iter01/labeled", "iter01/solver",
                  "iter01/evaluate"]
@@ -55,3 +56,24 @@ def test_driver_resumes_after_a_kill_inside_each_stage(quick_base, tmp_path):
     assert proc.returncode == 0, out[-4000:]
     assert artifact_files(killed) == expected
     assert not list(killed.rglob("*.partial"))
+    # the resumed run did the same work: the same settings and counts in the summaries (sampled contents
+    # may differ: CPU runs are not bit-identical)
+    for folder, key in (("iter01/questions", "num_samples"), ("iter01/labeled", "label_source"), ("iter01/solver", "steps")):
+        whole_value, killed_value = (json.loads((r / "t" / folder / "summary.json").read_text())[key] for r in (whole, killed))
+        assert whole_value == killed_value, (folder, key)
+    solver = json.loads((killed / "t" / "iter01" / "solver" / "summary.json").read_text())
+    assert solver["steps"] == len(solver["history"]) == int(KNOBS["SOLVER_STEPS"])
+
+def test_the_control_and_the_upper_bound_are_one_knob_each(quick_base, tmp_path):
+    # CHALLENGER=base: no Challenger is trained, the untrained base writes the questions (the paper's
+    # "Base Challenger"); LABELS, the old name of LABEL_SOURCE, still works for one release
+    proc = subprocess.run(["bash", str(ROOT / "run_iteration.sh")], cwd=ROOT, capture_output=True, text=True,
+                          env=env(BASE_MODEL=str(quick_base), RUNS_DIR=str(tmp_path), PYTHON=os.sys.executable,
+                                  **{**KNOBS, "CHALLENGER": "base", "LABELS": "truth"}), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "LABELS is renamed LABEL_SOURCE" in proc.stderr
+    it = tmp_path / "t" / "iter01"
+    assert not (it / "challenger").exists()
+    assert json.loads((it / "questions" / "summary.json").read_text())["challenger"] == "base (control)"
+    labeled = json.loads((it / "labeled" / "summary.json").read_text())
+    assert labeled["label_source"] == "truth" and (it / "solver" / "DONE").is_file()

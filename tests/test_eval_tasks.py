@@ -3,7 +3,7 @@ through the chat template, and score to the expected values (DESIGN.md section 6
 
 No dataset can be downloaded here, so each Hub id is served from a local mirror with the Hub
 repo's layout in tests/fixtures/benchmarks/<owner>/<name>/ (rows in the real schema; see
-BENCHMARKS.md). The only thing replaced is the path handed to `datasets.load_dataset`: config
+../shared/BENCHMARKS.md, the schema notes the kit was built from). The only thing replaced is the path handed to `datasets.load_dataset`: config
 names, split names and all task code run unchanged.
 """
 

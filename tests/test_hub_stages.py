@@ -17,8 +17,8 @@ from stage_helpers import ROOT, TINY
 
 RUN = "bus"
 # One iteration in about a minute on the quick base; each knob is the driver's own.
-KNOBS = dict(ITERATIONS="1", RUN=RUN, N="16", M="3", DELTA="0.5", CHALLENGER_STEPS="1", CHALLENGER_PROMPTS="2",
-             SOLVER_STEPS="1", SOLVER_PROMPTS="2", MICRO_BATCH="2", MAX_NEW_TOKENS="32", LORA_RANK="4",
+KNOBS = dict(ITERATIONS="1", RUN=RUN, N="16", M="3", DELTA="0.5", CHALLENGER_STEPS="1", CHALLENGER_PROMPTS_PER_STEP="2",
+             SOLVER_STEPS="1", SOLVER_PROMPTS_PER_STEP="2", MICRO_BATCH_SIZE="2", MAX_NEW_TOKENS="32", LORA_RANK="4",
              EVAL_TASKS="rzero_micro", EVAL_MAX_NEW_TOKENS="32")
 SKIPPED = "is complete on the Hub, skipping"
 
@@ -300,7 +300,7 @@ def test_a_push_that_keeps_failing_is_not_complete_and_a_rerun_finishes(first, h
     assert (output / "DONE").is_file()  # the local artifact stays complete
     # a stage that reads it refuses it as incomplete
     proc = stage(hub, logs, "evaluate" if artifact == "solver" else "train_solver", "--base-model", first["base"],
-                 "--iteration", "1", "--adapter" if artifact == "solver" else "--train", ref,
+                 "--iteration", "1", "--solver-adapter" if artifact == "solver" else "--train", ref,
                  "--output", tmp_path / "reader", check=False)
     assert proc.returncode == 2 and "incomplete on the Hub" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "reader").exists()

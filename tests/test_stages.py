@@ -3,7 +3,6 @@ rerun skips, that --overwrite redoes, that a killed run is not taken as done, an
 gets a clear error while every input stays byte-for-byte unchanged."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,9 +25,42 @@ def it1(quick_base, tmp_path_factory) -> dict:
     run("train_challenger", *common, "--output", paths["challenger"], *TINY["challenger"])
     run("generate_questions", *common, "--challenger-adapter", paths["challenger"], "--output", paths["questions"], *TINY["questions"])
     run("label_questions", *common, "--questions", paths["questions"], "--output", paths["labeled"], *TINY["labeled"])
-    run("train_solver", *common, "--train", paths["labeled"], "--output", paths["solver"], *TINY["solver"])
-    run("evaluate", *common, "--adapter", paths["solver"], "--output", paths["evaluate"], *TINY["evaluate"])
+    # The quick base cannot do arithmetic: its own votes leave every Solver group without reward variance,
+    # and an adapter that never moves is an error. It copies `\boxed{answer}` from the prompt about one
+    # time in five, so that label gives its groups mixed rewards.
+    paths["train"] = relabeled(paths["labeled"], d / "labeled-answer", "answer")
+    run("train_solver", *common, "--train", paths["train"], "--output", paths["solver"], *TINY["solver"])
+    run("evaluate", *common, "--solver-adapter", paths["solver"], "--output", paths["evaluate"], *TINY["evaluate"])
     return dict(paths, base=quick_base, root=d.parent)
+
+
+def relabeled(labeled: Path, out: Path, label: str) -> Path:
+    """A copy of a labeled artifact whose kept questions all carry `label`."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(labeled, out)
+    table = pq.read_table(out / "train.parquet")
+    at = table.schema.get_field_index("label")
+    pq.write_table(table.set_column(at, "label", pa.array([label] * len(table), table.schema.field("label").type)),
+                   out / "train.parquet")
+    return out
+
+
+def test_training_stages_save_only_the_trained_adapter_and_it_moved(it1):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    for role in ("challenger", "solver"):
+        weights = load_file(str(it1[role] / "adapter_model.safetensors"))
+        assert not [k for k in weights if ".ref." in k] and not (it1[role] / "ref").exists(), role  # not TRL's copy
+        assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k), role  # B moved from its zero init
+        summary = json.loads((it1[role] / "summary.json").read_text())
+        assert len(summary["history"]) == summary["steps"] == 2, role  # one logged step per --steps
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(it1["base"]), it1[role])
 
 
 @pytest.mark.parametrize("script", STAGES)
@@ -90,10 +122,13 @@ def test_rerun_skips_and_overwrite_redoes(it1):
     proc = run("generate_questions", *args)
     assert "is complete, skipping" in proc.stderr
     assert (it1["questions"] / "summary.json").read_text() == before
-    run("generate_questions", *args, "--overwrite")
+    (it1["questions"] / "left-by-the-old-run").write_text("")
+    proc = run("generate_questions", *args, "--overwrite")
+    # the work was redone into a fresh folder: nothing of the old output survives, nothing was skipped
+    assert "skipping" not in proc.stderr and "done in" in proc.stderr
+    assert not (it1["questions"] / "left-by-the-old-run").exists() and (it1["questions"] / "DONE").is_file()
     after = json.loads((it1["questions"] / "summary.json").read_text())
-    assert after["finished_at"] >= json.loads(before)["finished_at"] and (it1["questions"] / "DONE").is_file()
-    assert after["samples"] == 24
+    assert after["num_samples"] == 24 and "--overwrite" in after["command"]
 
 
 def test_a_killed_stage_is_not_taken_as_done_and_a_rerun_completes(it1, tmp_path):
@@ -208,7 +243,17 @@ def test_iteration_that_does_not_follow_the_inputs(it1, frozen, tmp_path):
 def test_report_tables_and_plots(it1, tmp_path):
     proc = run("report", "--run", it1["root"], "--output", tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| 1 |" in report and "rzero_micro" in report
+    lines = report.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| iter |"))
+    head, row = lines[at], lines[at + 2]  # the header, then the row of iteration 1 under its separator
+    cells = dict(zip([c.strip() for c in head.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["iter"] == "1"
+    # every number in the row is the one in the summaries it reads
+    read = {s: json.loads((it1[s] / "summary.json").read_text()) for s in ("questions", "labeled", "challenger", "evaluate")}
+    assert cells["rzero_micro"] == f"{100 * read['evaluate']['scores']['rzero_micro']:.1f}"
+    assert cells["generated"] == str(read["questions"]["parsed"]) and cells["kept"] == str(read["labeled"]["kept"])
+    assert cells["mean p"] == f"{read['labeled']['consistency_mean']:.2f}"
+    assert cells["Challenger reward"] == f"{read['challenger']['reward_mean']:.2f}"
     for png in ("scores.png", "consistency.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
     assert "| iter |" in proc.stdout

@@ -4,7 +4,7 @@ lm-eval loads this file by path for the `!function utils.<name>` entries of the 
 to it. Prompts, answer extraction and equivalence come from the method core `stages/rzero.py`,
 so evaluation scores exactly what the Solver is trained on:
 - math and the micro-world: the last `\\boxed{}` of the output against the gold with
-  `rzero.is_equivalent` (gold first; math-verify in a bounded worker process);
+  `equivalence.is_equivalent` (gold first; math-verify in a bounded worker process);
 - multiple choice: the option letter inside the last `\\boxed{}`; no letter is wrong (the
   reference drew a random letter instead);
 - BBEH: a normalized string match, see `normalize_bbeh`.
@@ -22,6 +22,7 @@ _STAGES = str(Path(__file__).resolve().parents[2] / "stages")
 if _STAGES not in sys.path:
     sys.path.insert(0, _STAGES)
 
+import equivalence  # noqa: E402
 import rzero  # noqa: E402  (the path above is what makes it importable from lm-eval)
 
 LETTERS = "ABCDEFGHIJ"
@@ -43,7 +44,7 @@ def math_gold(doc: dict) -> str:
 
 
 def process_math(doc: dict, results: list[str]) -> dict:
-    return {"acc": float(rzero.is_equivalent(math_gold(doc), rzero.last_boxed(results[0])))}
+    return {"acc": float(equivalence.is_equivalent(math_gold(doc), rzero.last_boxed(results[0])))}
 
 
 # --- Multiple choice (MMLU-Pro, SuperGPQA) ------------------------------------------------------

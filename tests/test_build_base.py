@@ -1,0 +1,86 @@
+"""build_base's own mechanics: the training precision follows the CPU, and packed rows train on
+exactly what a padded batch does (no example attends to another)."""
+
+import pytest
+
+import build_base
+
+
+def test_an_explicit_precision_is_taken_as_given():
+    assert build_base.choose_precision("fp32") == ("fp32", "--dtype fp32")
+    assert build_base.choose_precision("bf16") == ("bf16", "--dtype bf16")
+
+
+def test_auto_never_picks_bf16_without_native_support(monkeypatch):
+    import torch
+
+    # an AVX2-only CPU: bf16 autocast there is 16x slower than fp32, so auto must say fp32 and why
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    precision, why = build_base.choose_precision("auto")
+    assert precision == "fp32" and "no native bf16" in why
+
+
+def test_auto_with_native_bf16_decides_by_measuring(monkeypatch):
+    import torch
+
+    # a CPU that claims native bf16: the choice comes from the probe, and the reason says so
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    precision, why = build_base.choose_precision("auto")
+    assert precision in ("fp32", "bf16") and "probe" in why
+
+
+def test_a_bad_dtype_is_one_clear_error():
+    from stage_helpers import run
+
+    proc = run("build_base", "--quick", "--dtype", "fp16", check=False)
+    assert proc.returncode == 2 and "--dtype 'fp16': use auto, fp32 or bf16" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128)
+    return Qwen3ForCausalLM(config).eval()
+
+
+def examples(seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    import random
+
+    rng = random.Random(seed)
+    return [([rng.randrange(3, 50) for _ in range(rng.randint(2, 9))], [rng.randrange(3, 50) for _ in range(rng.randint(1, 12))])
+            for _ in range(12)]
+
+
+def test_packed_rows_give_the_padded_batch_loss(tiny_model):
+    import torch
+
+    batch = examples()
+    packed = build_base.pack(batch, row_length=40, pad_id=0)
+    assert packed["input_ids"].shape[0] < len(batch)  # several examples share a row
+    assert (packed["labels"] != -100).sum() == sum(len(c) for _, c in batch)  # loss on every completion token
+    length = max(len(p) + len(c) for p, c in batch)
+    ids = torch.zeros((len(batch), length), dtype=torch.long)
+    labels = torch.full((len(batch), length), -100)
+    for i, (p, c) in enumerate(batch):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+    with torch.no_grad():
+        padded_loss = tiny_model(input_ids=ids, labels=labels).loss
+        packed_loss = tiny_model(**packed).loss
+    # equal only if the block-causal mask keeps every example to itself
+    assert packed_loss.item() == pytest.approx(padded_loss.item(), abs=1e-5)
+
+
+def test_every_example_is_placed_once_and_whole():
+    batch = examples(1)
+    packed = build_base.pack(batch, row_length=32, pad_id=0)
+    found = []
+    for ids, positions in zip(packed["input_ids"].tolist(), packed["position_ids"].tolist()):
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
+        found += [tuple(ids[a:b]) for a, b in zip(starts, starts[1:])]
+    assert sorted(tuple(p + c) for p, c in batch) == sorted(f for f in found if any(f))
