@@ -7,12 +7,16 @@ plus `heldout.jsonl` (question, answer, num_ops: questions no training step ever
 as an intermediate line of a worked solution), `summary.json` and `DONE`. The folder is named by
 a hash of the recipe, so a second build of the same recipe is a cache hit.
 
-The world: questions like `What is 7 + 3 * 4 - 5?` with 1-4 operations on operands 0-9, usual
-precedence, every partial result within |v| <= 99. Solutions rewrite the expression one operation
-at a time, and the order is sampled: products in any order, then the first term with any other,
-e.g. `7 + 12 - 5 = 19 - 5 = 14` or `7 + 12 - 5 = 7 - 5 + 12 = 2 + 12 = 14`. Several paths per question are what
-lets a majority of sampled answers beat the greedy one (self-consistency), the regime the R-Zero
-loop needs; one fixed path makes the greedy answer the mode of the samples.
+The world (stages/microworld.py): questions like `What is 7 + 3 * 4 - 5?` with 1-4 operations on
+operands 0-9, usual precedence, every partial result within |v| <= 99. 45% of the Solver examples
+are worked one operation per line on a sampled path (`3 * 4 = 12: 7 + 12 - 5`, `7 - 5 = 2: 2 + 12`,
+`2 + 12 = 14`), the rest state the answer at once. Greedy decoding follows the more frequent,
+quick style; samples at T = 1.0 mix both, and the worked ones agree, so the majority of m samples
+beats the greedy answer: the regime the R-Zero loop needs.
+
+Training: a fresh Qwen3 of 1.76M parameters, AdamW, loss on completions only, examples packed into
+rows with a block-causal mask; fp32, or bf16 autocast where the CPU has native bf16 and it
+measures faster (--dtype auto; without native bf16 it is 16x slower).
 
 The base is checked on the held-out set (greedy accuracy by number of operations; at T = 1.0:
 single-sample and majority-of-m accuracy, label accuracy by vote share, and format rates); the
@@ -21,6 +25,7 @@ figures go in summary.json and in the closing line.
 Examples:
   python stages/build_base.py                                  # full recipe, cached; prints its folder
   python stages/build_base.py --quick --cache-dir /tmp/rzero   # seconds: formats only, for plumbing tests
+  python stages/build_base.py --dtype fp32                     # force fp32 (to time the path most CPUs take)
 """
 
 import hashlib
@@ -268,7 +273,8 @@ class _ChatML:
 
     @staticmethod
     def apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **_):
-        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
 
 
 if __name__ == "__main__":

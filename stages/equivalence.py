@@ -95,27 +95,41 @@ def _numeric_verdict(gold: str, pred: str) -> bool | None:
 
 def _provably_different(a, b) -> bool:
     """True only when `a - b` is certainly not zero, so math-verify's `simplify(a - b).is_zero`
-    (its slowest step, 5-30 ms, and most of its time on text answers such as 'no solution', which
+    (its slowest step, 5-40 ms, and most of its time on text answers such as 'no solution', which
     parse as products of symbols) cannot be True. False means "not shown": math-verify decides.
-    Values come from sympy's `evalf(30, strict=True)`, which raises rather than return a result
-    it cannot vouch for (cancellation, a hidden zero); a value above 1e-6 is therefore nonzero.
+    Values are exact (a polynomial of degree 100 or less at an integer point) or come from sympy's
+    `evalf(30, strict=True)`, which raises rather than return a result it cannot vouch for
+    (cancellation, a hidden zero); a value above 1e-6 is therefore nonzero.
     - No Float on either side (exact arithmetic): a - b is a constant with a nonzero value, or a
       polynomial in its free symbols with a nonzero value at one integer point (so not the zero
       polynomial).
+    - Floats, no free symbols: a - b is a constant more than 1e-6 away from zero relative to the
+      larger side, which simplify's 15-digit Float arithmetic cannot round to zero.
     - Floats on one side only: the other side holds every free symbol, is exact and is a
       polynomial that takes two different values (nonconstant), which rounding of the constant
       side cannot cancel."""
-    from sympy import Dummy, Expr, Float, Integer
+    from sympy import Expr, Float, Integer, Pow
 
     if not (isinstance(a, Expr) and isinstance(b, Expr)):
         return False  # sets, tuples, relations, matrices: left to math-verify
 
-    def nonzero(e, point: dict) -> bool:
+    def value(e, point: dict):
+        """|e| at `point`: exact where that is cheap, else evalf's; None when it cannot vouch."""
+        if point and all(p.exp.is_Rational and abs(p.exp) <= 100 for p in e.atoms(Pow)):
+            e, point = e.xreplace(point), {}  # a Rational for polynomials with rational coefficients
+        if e.is_Rational:
+            return abs(e)
         try:
-            value = abs(e.evalf(30, subs=point, strict=True))
+            v = abs(e.evalf(30, subs=point, strict=True))
         except ArithmeticError:  # PrecisionExhausted: cannot tell it from zero
-            return False
-        return bool(value.is_Number and value.is_finite and value > 1e-6)
+            return None
+        return v if v.is_Number and v.is_finite else None
+
+    def nonzero(e, point: dict, scale=None) -> bool:
+        """|e| at `point` is not zero: an exact nonzero value, or above 1e-6 (times `scale`, which
+        also asks for the threshold when e came out exact from arithmetic on Floats)."""
+        v = value(e, point)
+        return v is not None and bool(v != 0 if v.is_Rational and scale is None else v > 1e-6 * (scale or 1))
 
     exact_a, exact_b = not a.has(Float), not b.has(Float)
     if exact_a and exact_b:
@@ -124,14 +138,21 @@ def _provably_different(a, b) -> bool:
         if symbols and not d.is_polynomial(*symbols):
             return False
         return nonzero(d, {x: Integer(1009 + 2 * k) for k, x in enumerate(symbols)})
+    if not a.free_symbols and not b.free_symbols:
+        sizes = [value(a, {}), value(b, {})]
+        return None not in sizes and nonzero(a - b, {}, max(1, *sizes))
     for side, other, exact in ((a, b, exact_a), (b, a, exact_b)):
         symbols = sorted(side.free_symbols, key=str)
         if exact and symbols and not other.free_symbols and side.is_polynomial(*symbols):
-            at_u = {x: Dummy() for x in symbols}
-            at_w = {x: Dummy() for x in symbols}
-            point = {at_u[x]: Integer(1009 + 2 * k) for k, x in enumerate(symbols)}
-            point.update({at_w[x]: Integer(1010 + 2 * k) for k, x in enumerate(symbols)})
-            return nonzero(side.xreplace(at_u) - side.xreplace(at_w), point)
+            at_u = {x: Integer(1009 + 2 * k) for k, x in enumerate(symbols)}
+            at_w = {x: Integer(1010 + 2 * k) for k, x in enumerate(symbols)}
+            if all(p.exp.is_Rational and abs(p.exp) <= 100 for p in side.atoms(Pow)):
+                return nonzero(side.xreplace(at_u) - side.xreplace(at_w), {})
+            from sympy import Dummy
+
+            u, w = {x: Dummy() for x in symbols}, {x: Dummy() for x in symbols}
+            point = {u[x]: at_u[x] for x in symbols} | {w[x]: at_w[x] for x in symbols}
+            return nonzero(side.xreplace(u) - side.xreplace(w), point)
     return False
 
 
@@ -143,8 +164,8 @@ def _fast_symbolic_eq(original):
         try:
             if _provably_different(a, b):
                 return False
-        except Exception:  # noqa: BLE001 - "not shown"; math-verify's timeout (a BaseException) passes
-            pass
+        except Exception:  # noqa: BLE001 - sympy raises many types on odd input; raised, math-verify's
+            pass  # own handler would turn it into "different": "not shown", its step decides (its timeout passes)
         return original(a, b)
 
     return symbolic_eq
@@ -244,6 +265,7 @@ _counts: Counter = Counter()
 _pathological: set[str] = set()  # normalized answers screened out, or whose parse blew its bound
 _failed_pairs: set[tuple[str, str]] = set()  # (gold, pred) whose comparison blew its bound
 _strikes: Counter = Counter()  # answer -> comparisons past their bound it was part of
+_verdicts: dict[tuple[str, str], bool] = {}  # (gold, pred) -> math-verify's verdict, from any worker
 FAILURE_KEYS = ("checked", "failed", "timeouts", "math_verify_timeouts", "worker_deaths", "screened")
 
 
@@ -275,11 +297,34 @@ def failure_note(counts: dict[str, int]) -> str:
 
 
 def forget() -> None:
-    """Forget the answers and pairs remembered as pathological (the screen still applies)."""
+    """Forget what this process learned: the answers and pairs remembered as pathological (the
+    screen still applies) and the workers' verdicts (a worker still has its own cache)."""
     with _lock:
         _pathological.clear()
         _failed_pairs.clear()
         _strikes.clear()
+        _verdicts.clear()
+
+
+def _cheap_verdict(gold: str, pred: str) -> bool | None:
+    """The verdict on two different normalized answers where math-verify's cannot differ: two
+    integers differ, plain numbers are compared by value (_numeric_verdict); None otherwise."""
+    if _INTEGER.fullmatch(gold) and _INTEGER.fullmatch(pred):
+        return False
+    return _numeric_verdict(gold, pred)
+
+
+def _known(gold: str, pred: str) -> bool | None:
+    """A verdict already known to this process: False for a pair that blew its bound, else what a
+    worker answered; None when there is none."""
+    return False if (gold, pred) in _failed_pairs else _verdicts.get((gold, pred))
+
+
+def _learn(gold: str, pred: str, verdict: bool) -> None:
+    if (gold, pred) not in _failed_pairs:
+        if len(_verdicts) > 1_000_000:
+            _verdicts.clear()
+        _verdicts[gold, pred] = verdict
 
 
 def _is_pathological(s: str) -> bool:
@@ -318,7 +363,7 @@ def _verify_worker(conn) -> None:
     logs and turns into "unparseable" or "different". Two shortcuts that change no answer: two
     different integers are not equivalent (as in the parent), and math-verify's symbolic step is
     skipped where `_provably_different` shows it would fail. Parses and verdicts are cached for
-    the worker's life."""
+    the worker's life; verdicts the parent knows come with each request."""
     import logging
 
     import math_verify.grader
@@ -365,11 +410,11 @@ def _verify_worker(conn) -> None:
         return cache[s]
 
     def same(gold: str, pred: str) -> bool:
-        if gold != pred and _INTEGER.fullmatch(gold) and _INTEGER.fullmatch(pred):
-            return False  # normalized integers: different strings, different numbers
-        numeric = _numeric_verdict(gold, pred)
-        if numeric is not None:
-            return numeric
+        cheap = _cheap_verdict(gold, pred)
+        if cheap is None:
+            cheap = known.get((gold, pred))  # from another worker, or past its bound: False
+        if cheap is not None:
+            return cheap
         if (gold, pred) not in verdicts:  # the same pair recurs across questions ('0' vs '1/2')
             if len(verdicts) > 500_000:
                 verdicts.clear()
@@ -383,11 +428,11 @@ def _verify_worker(conn) -> None:
         request = conn.recv()
         if request is None:
             return
-        kind, items, reps, n_groups, skip = request
+        kind, items, reps, n_groups, known = request
         for gold, pred in items if kind == "pairs" else ():
             conn.send(same(gold, pred))
         for s in items if kind == "group" else ():  # the group of the first representative it matches
-            group = next((g for g, rep in reps if (rep, s) not in skip and same(rep, s)), n_groups)
+            group = next((g for g, rep in reps if same(rep, s)), n_groups)
             conn.send(group)
             if group == n_groups:
                 reps.append((group, s))
@@ -449,24 +494,23 @@ def worker_connection(slot: int = 0):
 
 def _verify_stream(kind: str, items: list, slot: int = 0) -> list:
     """One result per item ("pairs": bool; "group": group number, new groups numbered in order),
-    each parse or comparison within DEADLINE_S. A step past its deadline kills the worker and is
-    remembered (_blame); its item counts as not equivalent (False, or a group of its own that
-    nothing else joins) and the rest go on in a fresh worker, which is never handed an answer
-    remembered as pathological."""
+    each parse or comparison within DEADLINE_S, each verdict learned for the whole process. A
+    step past its deadline kills the worker and is remembered (_blame); its item counts as not
+    equivalent (False, or a group of its own that nothing else joins) and the rest go on in a
+    fresh worker, which is never handed an answer remembered as pathological."""
     out: list = []
-    reps: list = []  # group: (group number, answer) of each representative so far
+    reps: list = []  # group: (group number, answer) of each representative, as the worker has them
     n_groups = 0
     with _worker_locks[slot]:
         while len(out) < len(items):
             conn = worker_connection(slot)
             step, failed = None, False  # the step under way; whether the current item met a failure
             todo = items[len(out) :]
-            with _lock:
-                live = [(g, rep) for g, rep in reps if rep not in _pathological]
-                names = set(todo) | {rep for _, rep in live} if kind == "group" else set()
-                skip = {pair for pair in _failed_pairs if pair[0] in names and pair[1] in names}
+            reps = [(g, rep) for g, rep in reps if rep not in _pathological]
+            order = [rep for _, rep in reps] + todo if kind == "group" else []
+            known = {(a, b): v for i, a in enumerate(order) for b in order[i + 1 :] if (v := _known(a, b)) is not None}
             try:
-                conn.send((kind, todo, live, n_groups, skip))
+                conn.send((kind, todo, reps, n_groups, known))
                 while len(out) < len(items):
                     if not conn.poll(DEADLINE_S):
                         raise TimeoutError
@@ -479,13 +523,21 @@ def _verify_stream(kind: str, items: list, slot: int = 0) -> list:
                         else:
                             step = answer
                         continue
+                    item = items[len(out)]
                     out.append(answer)
                     _count("checked")
                     _count("failed", failed)
-                    step, failed = None, False
+                    if kind == "pairs" and not failed:
+                        _learn(*item, answer)
+                    elif kind == "group" and not failed:  # compared with each representative up to its own
+                        for g, rep in reps:
+                            _learn(rep, item, g == answer)
+                            if g == answer:
+                                break
                     if kind == "group" and answer == n_groups:
-                        reps.append((n_groups, items[len(out) - 1]))
+                        reps.append((n_groups, item))
                         n_groups += 1
+                    step, failed = None, False
             except (TimeoutError, EOFError, OSError) as error:  # past the deadline, or the worker died
                 if isinstance(error, TimeoutError):
                     _count("timeouts")
@@ -507,20 +559,24 @@ def equivalent_pairs(pairs: list[tuple[str | None, str | None]]) -> list[bool]:
     """For each (gold, pred): whether pred is equivalent to gold. Equal normalized strings are
     equivalent; two different integers are not; a pathological answer (screened, or remembered)
     is equivalent to nothing else; everything else goes to math-verify (`verify(parse(gold),
-    parse(pred))`, gold first) in a worker process, each step bounded in time. An empty answer is
-    never equivalent; one that times out counts as not equivalent."""
+    parse(pred))`, gold first) in a worker process, each step bounded in time, unless a worker
+    answered for that pair before. An empty answer is never equivalent; one that times out counts
+    as not equivalent."""
     keys = [(normalize_answer(g), normalize_answer(p)) for g, p in pairs]
     result = [bool(g) and g == p for g, p in keys]
     todo = []
     for i, (g, p) in enumerate(keys):
-        if g and p and g != p and not (_INTEGER.fullmatch(g) and _INTEGER.fullmatch(p)):
-            numeric = _numeric_verdict(g, p)
-            if numeric is not None:
-                result[i] = numeric
-            elif _is_pathological(g) or _is_pathological(p) or (g, p) in _failed_pairs:
+        if g and p and g != p:
+            verdict = _cheap_verdict(g, p)
+            if verdict is None and (_is_pathological(g) or _is_pathological(p) or (g, p) in _failed_pairs):
                 _count("screened")
-            else:
+                verdict = False
+            if verdict is None:
+                verdict = _verdicts.get((g, p))
+            if verdict is None:
                 todo.append(i)
+            else:
+                result[i] = verdict
     for i, same in zip(todo, _verify_stream("pairs", [keys[i] for i in todo])):
         result[i] = same
     return result
@@ -533,16 +589,17 @@ def is_equivalent(gold: str | None, pred: str | None) -> bool:
 def group_answers(answers: list[str | None], slot: int = 0) -> list[int]:
     """Group index of each answer (-1 for an empty one). Groups are numbered by first occurrence;
     each distinct normalized answer is compared with group representatives only: by value when
-    both are plain numbers far enough apart or equal, else by math-verify, each parsed once. A
-    pathological answer (screened, or remembered) is a group of its own, math-verify not asked."""
+    both are plain numbers far enough apart or equal, by a verdict a worker gave before, else by
+    math-verify, each parsed once. A pathological answer (screened, or remembered) is a group of
+    its own, math-verify not asked."""
     keys = [normalize_answer(a) for a in answers]
     distinct = list(dict.fromkeys(k for k in keys if k))
-    group = _group_plain_numbers(distinct)
+    group = _group_known(distinct)
     if group is None:
         odd = {s for s in distinct if _is_pathological(s)}
         _count("screened", len(odd))
         rest = [s for s in distinct if s not in odd]
-        label = _group_plain_numbers(rest) if odd else None
+        label = _group_known(rest, _known)
         if label is None:
             label = dict(zip(rest, _verify_stream("group", rest, slot)))
         numbers: dict = {}  # renumbered by first occurrence, the odd ones among the rest
@@ -569,14 +626,16 @@ def group_answers_many(batches: list[list[str | None]]) -> list[list[int]]:
     return out
 
 
-def _group_plain_numbers(distinct: list[str]) -> dict[str, int] | None:
-    """group_answers without math-verify when every answer is a plain number and every comparison
-    is decided by value (_numeric_verdict); None otherwise."""
+def _group_known(distinct: list[str], known=None) -> dict[str, int] | None:
+    """group_answers without a worker when every comparison is decided by _cheap_verdict or by
+    `known(rep, answer)` (a verdict or None); None otherwise."""
     group: dict[str, int] = {}
     reps: list[str] = []
     for s in distinct:
         for g, rep in enumerate(reps):
-            verdict = False if _INTEGER.fullmatch(rep) and _INTEGER.fullmatch(s) else _numeric_verdict(rep, s)
+            verdict = _cheap_verdict(rep, s)
+            if verdict is None and known is not None:
+                verdict = known(rep, s)
             if verdict is None:
                 return None
             if verdict:

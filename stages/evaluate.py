@@ -126,12 +126,14 @@ def main(
     scores = {task: r["acc,none"] for task, r in results["results"].items() if "acc,none" in r}
     counts = {task: n.get("effective", n.get("original")) for task, n in results.get("n-samples", {}).items()}
     summary = dict(stage="evaluate", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-                   args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, scores=scores, samples=counts,
+                   args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, scores=scores,
+                   samples=counts,
                    paper=paper_scores(results), limited=bool(limit), seconds=round(time.time() - t0, 1))
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
     shown = " | ".join(f"{t}: {100 * s:.1f}" for t, s in scores.items())
-    artifacts.log(f"evaluate: {'base' if not solver_adapter else args['solver_adapter']} done in {summary['seconds']:.0f} s | {shown} | {output}")
+    evaluated = args["solver_adapter"] if solver_adapter else "base"
+    artifacts.log(f"evaluate: {evaluated} done in {summary['seconds']:.0f} s | {shown} | {output}")
 
 
 if __name__ == "__main__":

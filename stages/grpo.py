@@ -94,7 +94,8 @@ def train_lora(
     class StepLine(TrainerCallback):
         def on_log(self, _args, state, control, logs=None, **_):
             if logs and "reward" in logs:
-                history.append(dict(step=state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}))
+                numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+                history.append(dict(step=state.global_step, **numbers))
                 extra = " | ".join(f"{name}: {logs.get(key, float('nan')):.3f}" for key, name in shown.items())
                 artifacts.log(f"step {state.global_step}/{steps} | reward: {logs['reward']:.3f} | {extra}")
                 if len(history) == 1:

@@ -188,11 +188,13 @@ def _assemble(snapshot: Path, marker: dict, folder: Path) -> None:
 
 def model_commit(repo: str) -> str | None:
     """The commit of a Hub model id as transformers will load it, when the Hub is reachable."""
-    try:
-        from huggingface_hub import HfApi
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
 
+    try:
         return HfApi().model_info(repo).sha
-    except Exception:  # noqa: BLE001 - offline or private: the id alone is still recorded
+    except (OSError, RepositoryNotFoundError) as e:  # offline, no connection, or not visible to this token
+        artifacts.log(f"--base-model {repo}: no Hub commit recorded ({reason(e)}); the id alone is")
         return None
 
 
@@ -395,50 +397,6 @@ def dataset_card(readme: str, repo: str, markers) -> str:
         body += [f"## {marker['artifact']} (configs {configs})", "",
                  section(marker["summary"], f"load_dataset({repo!r}, {next(iter(marker['files']))!r})")]
     return front + "\n" + "\n".join(body)
-
-
-# --- a run on the Hub, for the report --------------------------------------------------------------------
-
-
-def run_summaries(run: str) -> dict[int, dict[str, dict]]:
-    """Summaries of every complete artifact of the Hub run `hf://<ns>/<run>` (repos <ns>/<run>-challenger,
-    -solver, -questions), as {iteration: {local stage folder name: summary}}."""
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    r = parse(run)
-    check_token(required=False)
-    api, rows = HfApi(), {}
-
-    def read(repo, path, **kwargs):
-        return json.loads(Path(hf_hub_download(repo, path, **kwargs)).read_text())
-
-    try:
-        for role in ("challenger", "solver"):
-            repo = f"{r['repo']}-{role}"
-            try:
-                branches = [b.name for b in api.list_repo_refs(repo).branches if re.fullmatch(r"iter\d+", b.name)]
-            except RepositoryNotFoundError:
-                continue
-            for branch in branches:
-                files = set(api.list_repo_files(repo, revision=branch))
-                for prefix, stage in (("", role), ("evaluate/", "evaluate")):
-                    if {prefix + artifacts.DONE, prefix + artifacts.SUMMARY} <= files:
-                        rows.setdefault(int(branch[4:]), {})[stage] = read(repo, prefix + artifacts.SUMMARY,
-                                                                          revision=branch)
-        repo = f"{r['repo']}-questions"
-        try:
-            files = api.list_repo_files(repo, repo_type="dataset")
-        except RepositoryNotFoundError:
-            files = []
-        for path in files:
-            m = re.fullmatch(r"summaries/iter(\d+)-(raw|labeled)\.json", path)
-            if m:
-                stage = {"raw": "questions", "labeled": "labeled"}[m.group(2)]
-                rows.setdefault(int(m.group(1)), {})[stage] = read(repo, path, repo_type="dataset")["summary"]
-    except Exception as e:  # noqa: BLE001 - a network failure: one line, no traceback
-        artifacts.fail(f"reading the run {run} from the Hub: {reason(e)}")
-    return rows
 
 
 if __name__ == "__main__":  # python stages/hub.py REF: print the local folder of a Hub reference

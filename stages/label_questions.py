@@ -49,22 +49,33 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
-    questions: str = typer.Option(..., help="Questions artifact of iteration k: folder (questions.parquet) or hf://datasets/<ns>/<repo>/iterNN-raw[@<revision>].", rich_help_panel="Inputs"),
-    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or "
+                                   "hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    questions: str = typer.Option(..., help="Questions artifact of iteration k: folder (questions.parquet) or "
+                                  "hf://datasets/<ns>/<repo>/iterNN-raw[@<revision>].", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1 (folder or "
+                                       "hf://<ns>/<repo>@iterNN); empty for k = 1 (the base answers).",
+                                       rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the labeled dataset.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
-    m: int = typer.Option(10, min=2, help="m: Solver answers per question (paper: 10; reference data code: 9).", rich_help_panel="Method"),
-    delta: float = typer.Option(0.25, min=0.0, max=0.5, help="delta: keep |p - 1/2| <= delta (paper: 0.25).", rich_help_panel="Method"),
-    label_source: str = typer.Option("vote", help="vote: the majority answer (the method); truth: the safe evaluator's answer (micro-world upper bound).", rich_help_panel="Method"),
+    m: int = typer.Option(10, min=2, help="m: Solver answers per question (paper: 10; reference data code: 9).",
+                          rich_help_panel="Method"),
+    delta: float = typer.Option(0.25, min=0.0, max=0.5, help="delta: keep |p - 1/2| <= delta (paper: 0.25).",
+                                rich_help_panel="Method"),
+    label_source: str = typer.Option("vote", help="vote: the majority answer (the method); truth: the safe "
+                                     "evaluator's answer (micro-world upper bound).", rich_help_panel="Method"),
     max_new_tokens: int = typer.Option(4096, help="Max tokens per Solver answer.", rich_help_panel="Sampling"),
-    top_k: int = typer.Option(40, help="top-k of the Solver's sampling (reference server: 40; 0 = off).", rich_help_panel="Sampling"),
+    top_k: int = typer.Option(40, help="top-k of the Solver's sampling (reference server: 40; 0 = off).",
+                              rich_help_panel="Sampling"),
     backend: str = typer.Option("auto", help="Generation backend: auto, hf, vllm, server.", rich_help_panel="Sampling"),
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
-    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend; vllm and server take every question at once).", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend; vllm and server "
+                                   "take every question at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
-    hub_repo: str = typer.Option("", help="Also push to this Hub dataset repo (<ns>/<name>, private) as configs iterNN-labeled and iterNN-train; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
+    hub_repo: str = typer.Option("", help="Also push to this Hub dataset repo (<ns>/<name>, private) as configs "
+                                 "iterNN-labeled and iterNN-train; empty = local only. Token: HF_TOKEN or the Hub "
+                                 "login.", rich_help_panel="Hub"),
 ):
     """Majority-vote pseudo-labels, consistency p, and the band filter."""
     args = dict(locals())
@@ -78,7 +89,8 @@ def main(
     solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter",
                                               "stages/train_solver.py of the previous iteration", inputs)
     if iteration > 1 and not solver_adapter:
-        artifacts.fail(f"--iteration {iteration} labels with the Solver of iteration {iteration - 1}: pass --solver-adapter.")
+        artifacts.fail(f"--iteration {iteration} labels with the Solver of iteration {iteration - 1}: "
+                       "pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--questions": (str(questions), iteration),
                                                     "--solver-adapter": (solver_adapter, iteration - 1)})
     from datasets import Dataset
@@ -158,13 +170,15 @@ def main(
             / max(1, sum(round(r["consistency"] * m) == k for r in scored)) for k in sorted(histogram)
         } if scored else None,
         label_source=label_source, seconds=round(time.time() - t0, 1),
+        verifier_failures=equivalence.failures(),  # timeouts, dead workers, screened answers: all "not equivalent"
     )
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
     accuracy = summary["kept_pseudo_label_accuracy"]
     artifacts.log(f"label_questions: iteration {iteration} done in {summary['seconds']:.0f} s | {len(unique)} distinct "
                   f"questions, kept {len(train)} | mean p {summary['consistency_mean']:.2f} | kept label accuracy "
-                  f"{'n/a' if accuracy is None else f'{accuracy:.0%}'} | {output}")
+                  f"{'n/a' if accuracy is None else f'{accuracy:.0%}'} | "
+                  f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
 
 
 def _write_train(rows: list[dict], path: Path) -> None:

@@ -179,7 +179,7 @@ def format_number(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
-# --- Measuring a base on the held-out set ----------------------------------------------------------------------------------------
+# --- Measuring a base on the held-out set ---------------------------------------------------------
 
 
 def measure(model, tokenizer, rows: list[dict], m: int, seed: int, challenger_samples: int = 200) -> dict:
@@ -199,7 +199,8 @@ def measure(model, tokenizer, rows: list[dict], m: int, seed: int, challenger_sa
         subset = [r for r in rows if r["num_ops"] == num_ops]
         prompts = [rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])) for r in subset]
         greedy = generate(prompts, 1, True)
-        stats["greedy_accuracy"][num_ops] = sum(rzero.last_boxed(o) == r["answer"] for o, r in zip(greedy, subset)) / len(subset)
+        correct = sum(rzero.last_boxed(o) == r["answer"] for o, r in zip(greedy, subset))
+        stats["greedy_accuracy"][num_ops] = correct / len(subset)
         greedy_boxed += [rzero.last_boxed(o) is not None for o in greedy]
         if m < 2:  # --quick: greedy and formats only
             continue
@@ -218,7 +219,8 @@ def measure(model, tokenizer, rows: list[dict], m: int, seed: int, challenger_sa
         stats["sampled"][num_ops] = dict(
             single_accuracy=single / (m * len(subset)), majority_accuracy=majority / len(subset),
             boxed_rate=boxed / (m * len(subset)),
-            label_accuracy_by_votes={f"{v}/{m}": dict(questions=n, label_correct=c) for v, (n, c) in sorted(by_votes.items())},
+            label_accuracy_by_votes={f"{v}/{m}": dict(questions=n, label_correct=c)
+                                     for v, (n, c) in sorted(by_votes.items())},
         )
     prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
     challenger = generate([prompt] * challenger_samples, 1, False)

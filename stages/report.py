@@ -20,6 +20,8 @@ Examples:
 """
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import typer
@@ -34,9 +36,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def collect(run: Path | str) -> list[dict]:
     """One dict per iteration present in `run`: the summaries of its complete stages, and times."""
     if str(run).startswith("hf://"):
-        import hub
-
-        found = hub.run_summaries(str(run))
+        found = hub_summaries(str(run))
         return [dict(iteration=k, times={s: found[k][s].get("seconds") if s in found[k] else None for s in STAGES},
                      **found[k]) for k in sorted(found)]
     times: dict = {}
@@ -54,6 +54,54 @@ def collect(run: Path | str) -> list[dict]:
     return rows
 
 
+# --- a run on the Hub --------------------------------------------------------------------
+
+
+def hub_summaries(run: str) -> dict[int, dict[str, dict]]:
+    """Summaries of every complete artifact of the Hub run `hf://<ns>/<run>` (repos <ns>/<run>-challenger,
+    -solver, -questions), as {iteration: {local stage folder name: summary}}."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    import httpx
+
+    import hub
+
+    r = hub.parse(run)
+    hub.check_token(required=False)
+    api, rows = HfApi(), {}
+
+    def read(repo, path, **kwargs):
+        return json.loads(Path(hf_hub_download(repo, path, **kwargs)).read_text())
+
+    try:
+        for role in ("challenger", "solver"):
+            repo = f"{r['repo']}-{role}"
+            try:
+                branches = [b.name for b in api.list_repo_refs(repo).branches if re.fullmatch(r"iter\d+", b.name)]
+            except RepositoryNotFoundError:
+                continue
+            for branch in branches:
+                files = set(api.list_repo_files(repo, revision=branch))
+                for prefix, stage in (("", role), ("evaluate/", "evaluate")):
+                    if {prefix + artifacts.DONE, prefix + artifacts.SUMMARY} <= files:
+                        rows.setdefault(int(branch[4:]), {})[stage] = read(repo, prefix + artifacts.SUMMARY,
+                                                                          revision=branch)
+        repo = f"{r['repo']}-questions"
+        try:
+            files = api.list_repo_files(repo, repo_type="dataset")
+        except RepositoryNotFoundError:
+            files = []
+        for path in files:
+            m = re.fullmatch(r"summaries/iter(\d+)-(raw|labeled)\.json", path)
+            if m:
+                stage = {"raw": "questions", "labeled": "labeled"}[m.group(2)]
+                rows.setdefault(int(m.group(1)), {})[stage] = read(repo, path, repo_type="dataset")["summary"]
+    except (httpx.HTTPError, OSError) as e:  # a Hub error or a network failure: one line; a bug still raises
+        artifacts.fail(f"reading the run {run} from the Hub: {hub.reason(e)}")
+    return rows
+
+
 def fmt(value, percent: bool = False) -> str:
     if value is None:
         return "-"
@@ -62,8 +110,10 @@ def fmt(value, percent: bool = False) -> str:
 
 def table(run: Path, rows: list[dict]) -> list[str]:
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("evaluate", {}).get("scores", {})))
-    paper = [p for p in ("MATH-avg", "Overall") if any((r.get("evaluate", {}).get("paper") or {}).get(p) is not None for r in rows)]
-    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)", "trained-on label acc", "Challenger reward", "minutes per stage"]
+    paper = [p for p in ("MATH-avg", "Overall")
+             if any((r.get("evaluate", {}).get("paper") or {}).get(p) is not None for r in rows)]
+    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)", "trained-on label acc",
+            "Challenger reward", "minutes per stage"]
     lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})
@@ -80,7 +130,8 @@ def table(run: Path, rows: list[dict]) -> list[str]:
 
 def headline_scores(evaluation: dict) -> dict[str, float]:
     """Every score of an evaluate summary: its tasks and groups, and the paper's MATH-avg and Overall."""
-    return {**evaluation.get("scores", {}), **{k: v for k, v in (evaluation.get("paper") or {}).items() if v is not None}}
+    paper = {k: v for k, v in (evaluation.get("paper") or {}).items() if v is not None}
+    return {**evaluation.get("scores", {}), **paper}
 
 
 def headline(evaluation: dict) -> str | None:
@@ -123,9 +174,11 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
         width = 0.8 / len(labeled)
         for i, r in enumerate(labeled):
             hist = r["labeled"]["consistency_histogram"]
-            ax.bar([j + i * width for j in range(len(hist))], list(hist.values()), width=width, label=f"iter {r['iteration']}")
+            ax.bar([j + i * width for j in range(len(hist))], list(hist.values()), width=width,
+                   label=f"iter {r['iteration']}")
             ax.set_xticks([j + 0.4 for j in range(len(hist))], list(hist.keys()))
-        ax.set(xlabel="consistency p (votes for the majority answer)", ylabel="questions", title="Consistency histogram")
+        ax.set(xlabel="consistency p (votes for the majority answer)", ylabel="questions",
+               title="Consistency histogram")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "consistency.png", dpi=100)

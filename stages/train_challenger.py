@@ -34,6 +34,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import equivalence
 import grpo
 import hub
 import rzero
@@ -73,25 +74,41 @@ def reward_function(solve, m: int, tau: float, penalty_weight: float):
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
-    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1.", rich_help_panel="Inputs"),
-    solver_adapter: str = typer.Option("", help="Frozen Solver of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or "
+                                   "hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    challenger_adapter: str = typer.Option("", help="Challenger adapter of iteration k-1 (folder or "
+                                           "hf://<ns>/<repo>@iterNN); empty for k = 1.", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Frozen Solver of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); "
+                                       "empty for k = 1 (the base answers).", rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
-    output: Path = typer.Option(..., help="Folder for the Challenger adapter of iteration k.", rich_help_panel="Outputs"),
+    output: Path = typer.Option(..., help="Folder for the Challenger adapter of iteration k.",
+                                rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
-    m: int = typer.Option(10, min=2, help="m: Solver answers per question for the majority vote.", rich_help_panel="Method"),
-    tau: float = typer.Option(0.5, help="tau: clustering cut on d = 1 - BLEU for the repetition penalty.", rich_help_panel="Method"),
-    penalty_weight: float = typer.Option(1.0, help="lambda: weight of the repetition penalty (0 = off).", rich_help_panel="Method"),
-    group_size: int = typer.Option(RECIPE["group_size"], min=2, help="Completions per prompt (GRPO group).", rich_help_panel="Method"),
+    m: int = typer.Option(10, min=2, help="m: Solver answers per question for the majority vote.",
+                          rich_help_panel="Method"),
+    tau: float = typer.Option(0.5, help="tau: clustering cut on d = 1 - BLEU for the repetition penalty.",
+                              rich_help_panel="Method"),
+    penalty_weight: float = typer.Option(1.0, help="lambda: weight of the repetition penalty (0 = off).",
+                                         rich_help_panel="Method"),
+    group_size: int = typer.Option(RECIPE["group_size"], min=2, help="Completions per prompt (GRPO group).",
+                                   rich_help_panel="Method"),
     steps: int = typer.Option(RECIPE["steps"], min=1, help="Optimizer steps.", rich_help_panel="Training"),
-    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Prompts per optimizer step.", rich_help_panel="Training"),
-    learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.", rich_help_panel="Training"),
-    kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).", rich_help_panel="Training"),
-    lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank of a new adapter.", rich_help_panel="Training"),
-    lora_alpha: int = typer.Option(RECIPE["lora_alpha"], help="LoRA alpha of a new adapter.", rich_help_panel="Training"),
-    micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward pass.", rich_help_panel="Training"),
-    max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per Challenger completion.", rich_help_panel="Sampling"),
-    solver_max_new_tokens: int = typer.Option(RECIPE["solver_max_new_tokens"], help="Max tokens per Solver answer.", rich_help_panel="Sampling"),
+    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Prompts per optimizer step.",
+                                         rich_help_panel="Training"),
+    learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.",
+                                        rich_help_panel="Training"),
+    kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).",
+                                  rich_help_panel="Training"),
+    lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank of a new adapter.",
+                                  rich_help_panel="Training"),
+    lora_alpha: int = typer.Option(RECIPE["lora_alpha"], help="LoRA alpha of a new adapter.",
+                                   rich_help_panel="Training"),
+    micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward "
+                                         "pass.", rich_help_panel="Training"),
+    max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per Challenger completion.",
+                                       rich_help_panel="Sampling"),
+    solver_max_new_tokens: int = typer.Option(RECIPE["solver_max_new_tokens"], help="Max tokens per Solver answer.",
+                                              rich_help_panel="Sampling"),
     backend: str = typer.Option("auto", help="Where the frozen Solver samples its m answers: auto (vLLM on a GPU if "
                                 "installed, else transformers), hf, vllm, server.", rich_help_panel="Sampling"),
     server_url: str = typer.Option("", help="OpenAI-compatible URL of the Solver server for --backend server "
@@ -99,7 +116,9 @@ def main(
     solver_backend: str = typer.Option("", hidden=True, help="Renamed --backend."),
     solver_url: str = typer.Option("", hidden=True, help="Renamed --server-url."),
     seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
-    hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
+    hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), "
+                                 "branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.",
+                                 rich_help_panel="Hub"),
 ):
     """GRPO on the Challenger prompt, reward = max(0, r_unc - r_rep)."""
     backend = artifacts.renamed(solver_backend, "--solver-backend", backend, "--backend")
@@ -171,12 +190,14 @@ def main(
         consistency_mean=grpo.mean(history, "consistency"), penalty_mean=grpo.mean(history, "penalty"),
         zero_reward_share=grpo.mean(history, "zero_reward_share"), history=history,
         seconds=round(time.time() - t0, 1),
+        verifier_failures=equivalence.failures(),  # timeouts, dead workers, screened answers: all "not equivalent"
     )
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
     artifacts.log(f"train_challenger: iteration {iteration} done in {summary['seconds']:.0f} s | reward "
                   f"{summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | format {summary['format_rate']:.0%} | "
-                  f"consistency {summary['consistency_mean']:.2f} | {output}")
+                  f"consistency {summary['consistency_mean']:.2f} | "
+                  f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
 
 
 if __name__ == "__main__":

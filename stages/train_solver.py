@@ -30,6 +30,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import equivalence
 import grpo
 import hub
 import rzero
@@ -62,24 +63,38 @@ def correctness(completions: list[str], label: list[str], log_metric=None, **_) 
 
 @app.command()
 def main(
-    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
-    train: str = typer.Option(..., help="Labeled artifact of this iteration (its train.parquet is used): folder or hf://datasets/<ns>/<repo>/iterNN-train[@<revision>].", rich_help_panel="Inputs"),
-    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1 (folder or hf://<ns>/<repo>@iterNN); empty for k = 1 (start from the base).", rich_help_panel="Inputs"),
+    base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or "
+                                   "hf://<ns>/<repo>@<revision>.", rich_help_panel="Inputs"),
+    train: str = typer.Option(..., help="Labeled artifact of this iteration (its train.parquet is used): folder or "
+                              "hf://datasets/<ns>/<repo>/iterNN-train[@<revision>].", rich_help_panel="Inputs"),
+    solver_adapter: str = typer.Option("", help="Solver adapter of iteration k-1 (folder or "
+                                       "hf://<ns>/<repo>@iterNN); empty for k = 1 (start from the base).",
+                                       rich_help_panel="Inputs"),
     iteration: int = typer.Option(..., min=1, help="Iteration k (1, 2, ...).", rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for the Solver adapter of iteration k.", rich_help_panel="Outputs"),
     overwrite: bool = typer.Option(False, help="Redo even if the output is complete.", rich_help_panel="Outputs"),
-    group_size: int = typer.Option(RECIPE["group_size"], min=2, help="G: completions per question.", rich_help_panel="Method"),
+    group_size: int = typer.Option(RECIPE["group_size"], min=2, help="G: completions per question.",
+                                   rich_help_panel="Method"),
     steps: int = typer.Option(RECIPE["steps"], min=1, help="Optimizer steps.", rich_help_panel="Training"),
-    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Prompts (kept questions) per optimizer step.", rich_help_panel="Training"),
-    learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.", rich_help_panel="Training"),
-    kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).", rich_help_panel="Training"),
-    lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank r of a new adapter (a continued adapter keeps its own).", rich_help_panel="Training"),
-    lora_alpha: int = typer.Option(RECIPE["lora_alpha"], help="LoRA alpha of a new adapter.", rich_help_panel="Training"),
-    micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward pass.", rich_help_panel="Training"),
-    max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per completion.", rich_help_panel="Sampling"),
+    prompts_per_step: int = typer.Option(RECIPE["prompts_per_step"], min=1, help="Prompts (kept questions) per "
+                                         "optimizer step.", rich_help_panel="Training"),
+    learning_rate: float = typer.Option(RECIPE["learning_rate"], help="AdamW learning rate.",
+                                        rich_help_panel="Training"),
+    kl_coef: float = typer.Option(RECIPE["kl_coef"], help="beta: KL coefficient (0 = no reference model).",
+                                  rich_help_panel="Training"),
+    lora_rank: int = typer.Option(RECIPE["lora_rank"], min=1, help="LoRA rank r of a new adapter (a continued "
+                                  "adapter keeps its own).", rich_help_panel="Training"),
+    lora_alpha: int = typer.Option(RECIPE["lora_alpha"], help="LoRA alpha of a new adapter.",
+                                   rich_help_panel="Training"),
+    micro_batch_size: int = typer.Option(RECIPE["micro_batch_size"], min=1, help="Completions per forward/backward "
+                                         "pass.", rich_help_panel="Training"),
+    max_new_tokens: int = typer.Option(RECIPE["max_new_tokens"], help="Max tokens per completion.",
+                                       rich_help_panel="Sampling"),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
-    hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.", rich_help_panel="Hub"),
+    hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), "
+                                 "branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.",
+                                 rich_help_panel="Hub"),
 ):
     """GRPO on the kept questions, reward = agreement with the pseudo-label."""
     args = dict(locals())
@@ -91,7 +106,8 @@ def main(
     solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter",
                                               "stages/train_solver.py of the previous iteration", inputs)
     if iteration > 1 and not solver_adapter:
-        artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: pass --solver-adapter.")
+        artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: "
+                       "pass --solver-adapter.")
     artifacts.check_lineage(base_model, iteration, {"--train": (str(train), iteration),
                                                     "--solver-adapter": (solver_adapter, iteration - 1)})
     grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
@@ -137,12 +153,14 @@ def main(
         reward_mean=grpo.mean(history, "reward"),
         zero_variance_share=grpo.mean(history, "frac_reward_zero_std"), boxed_rate=grpo.mean(history, "boxed_rate"),
         history=history, seconds=round(time.time() - t0, 1),
+        verifier_failures=equivalence.failures(),  # timeouts, dead workers, screened answers: all "not equivalent"
     )
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
     artifacts.log(f"train_solver: iteration {iteration} done in {summary['seconds']:.0f} s | {len(rows)} questions | "
                   f"reward {summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
-                  f"zero-variance groups {summary['zero_variance_share']:.0%} | {output}")
+                  f"zero-variance groups {summary['zero_variance_share']:.0%} | "
+                  f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ import equivalence
 import rzero
 from reference_impl import reference_equivalent, reference_group_answers, solver_answers
 
+
+@pytest.fixture(autouse=True)
+def _nothing_learned():
+    """Each test starts with nothing remembered or learned by this process (workers keep their caches)."""
+    equivalence.forget()
+
+
 # --- Normalization ------------------------------------------------------------------------------
 
 
@@ -377,7 +384,7 @@ def test_a_worker_that_died_between_calls_is_replaced():
     process.kill()
     process.join()
     before = equivalence.failures()
-    assert equivalence.is_equivalent("2x", "x+x")
+    assert equivalence.is_equivalent("3x", "x+2x")  # a pair no worker has answered yet
     assert equivalence.worker_process(0) is not process
     assert _delta(before) == {"checked": 1, "worker_deaths": 1}
 
@@ -437,6 +444,10 @@ def _sympy(text: str):
         ("1.0x", "x", False),  # floats next to symbols: left to math-verify
         ("10^{-20}", "0", False),  # a difference below 1e-6 is not trusted
         ("(1,2)", "1", False),  # not an expression (an interval): left to math-verify
+        ("29.0", "\\sqrt{1682}", True),  # a float against a radical: 12 apart, far past rounding
+        ("\\frac{3\\pi}{2}", "7.0", True),  # pi against a float
+        ("1.41421356", "\\sqrt{2}", False),  # a float within 1e-6 (relative) of a radical: math-verify decides
+        ("1.0\\times10^{20}", "10^{20}+1000", False),  # 1000 apart, but 1e-17 relative: rounding could hide it
     ],
 )
 def test_provably_different(a, b, expected):
@@ -449,7 +460,8 @@ def test_fast_symbolic_step_gives_math_verify_answers(monkeypatch):
     from math_verify import parse, verify
 
     answers = ["x+1", "1+x", "(x+1)^2", "x^2+2x+1", "\\sin^2 x+\\cos^2 x", "1", "1.0", "nosolution",
-               "nosolutino", "37", "\\frac{19\\pi}{2}", "9.5\\pi", "x+10^{-20}", "x", "0.1+0.2", "0.3"]
+               "nosolutino", "37", "\\frac{19\\pi}{2}", "9.5\\pi", "x+10^{-20}", "x", "0.1+0.2", "0.3",
+               "\\sqrt{1682}", "41.0121933", "\\sqrt{2}", "1.41421356"]  # floats near and far from radicals
     parsed = {a: parse("\\boxed{" + a + "}") for a in answers}
 
     def verdicts():
@@ -547,7 +559,7 @@ def test_majority_votes_spread_over_workers_give_the_single_results():
     # a batch over every worker slot: each list's vote as majority_vote gives it, in order
     rng = random.Random(21)
     batches = [solver_answers(rng) for _ in range(40)] + [[], [None, ""], ["3", "3.0", "x"]]
-    batches += [["x", "x+0"]] * equivalence.WORKERS  # one that needs math-verify for every slot
+    batches += [[f"x+{k}", f"{k}+x"] for k in range(equivalence.WORKERS)]  # math-verify needed in every slot
     assert rzero.majority_votes(batches) == [rzero.majority_vote(a) for a in batches]
     workers = [equivalence.worker_process(slot) for slot in range(equivalence.WORKERS)]
     assert all(worker is not None and worker.is_alive() for worker in workers)  # every slot was used

@@ -45,6 +45,14 @@ class ScriptedSolver(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):  # /v1/models: what the server serves (the sampler asks for the base's name)
+        data = json.dumps(dict(object="list", data=[dict(id="base", object="model")])).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *_):
         pass
 
