@@ -46,16 +46,16 @@ done
 
 if [[ "$BASE_MODEL" == micro ]]; then
   # The paper's constants scaled to a 1.7M-parameter model on 2 CPU cores, each with its reason.
-  : "${N:=256}"                 # about 150 kept questions a Solver step can cycle through (paper: 8000)
-  : "${CHALLENGER_STEPS:=3}"    # the Challenger only needs to drift toward harder questions (paper: 5)
+  : "${N:=192}"                 # about 110 kept questions a Solver step can cycle through (paper: 8000)
+  : "${CHALLENGER_STEPS:=2}"    # the Challenger only needs to drift toward harder questions (paper: 5)
   : "${CHALLENGER_PROMPTS_PER_STEP:=16}" # x group size 4 = 64 questions per reward batch (paper: 512 x 4)
-  : "${SOLVER_STEPS:=14}"       # enough updates to move a tiny model (paper: 15 of 512 prompts)
+  : "${SOLVER_STEPS:=10}"       # enough updates to move a tiny model (paper: 15 of 512 prompts)
   : "${SOLVER_PROMPTS_PER_STEP:=16}"     # questions per Solver step (paper: 512)
   : "${LR:=1e-3}"               # a tiny model with LoRA needs a large step (paper: 1e-6, full fine-tuning)
   : "${LORA_RANK:=32}"          # a sizeable share of a hidden size of 192
-  : "${MAX_NEW_TOKENS:=72}"     # the longest worked micro-world solution is 60 tokens (paper: 4096)
+  : "${MAX_NEW_TOKENS:=64}"     # the longest worked micro-world solution is 59 tokens + EOS (paper: 4096)
   : "${MICRO_BATCH_SIZE:=16}"   # divides both 16 x 4 and 16 x 5 completions per step
-  : "${EVAL_MAX_NEW_TOKENS:=80}"  # the longest worked solution (60 tokens) fits; the task default is 256
+  : "${EVAL_MAX_NEW_TOKENS:=80}"  # the longest worked solution (59 tokens + EOS) fits; the task default is 256
 fi
 : "${N:=8000}"                  # N: Challenger samples per iteration (paper)
 : "${M:=10}"                    # m: Solver answers per question (paper)

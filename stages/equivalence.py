@@ -25,7 +25,8 @@ _SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+")  # not \lef
 _E_NOTATION = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
 _INTEGER = re.compile(r"[+-]?\d{1,15}")
 # A plain number: an integer, a decimal, \frac{a}{b} or a/b (normalized: no spaces, \dfrac is \frac).
-_NUMBER = re.compile(r"([+-]?)(?:(\d{1,12}(?:\.\d{1,12})?|\.\d{1,12})|\\frac\{(\d{1,12})\}\{(\d{1,12})\}|(\d{1,12})/(\d{1,12}))")
+_NUMBER = re.compile(r"([+-]?)(?:(\d{1,12}(?:\.\d{1,12})?|\.\d{1,12})"  # sign; integer or decimal
+                     r"|\\frac\{(\d{1,12})\}\{(\d{1,12})\}|(\d{1,12})/(\d{1,12}))")  # or a fraction
 NUMBER_GAP = 1e-3  # plain numbers further apart than this (relative) are different for math-verify too
 VERIFY_TIMEOUT_S = 2  # math-verify's own bound on one parse or comparison (signal.alarm, in the worker)
 DEADLINE_S = 5.0  # wall-clock bound per parse or comparison, enforced from outside by killing the worker

@@ -104,8 +104,9 @@ def main(
     )
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
-    artifacts.log(f"generate_questions: iteration {iteration} done in {summary['seconds']:.0f} s | {num_samples} samples, "
-                  f"{len(parsed)} questions ({summary['parse_rate']:.0%}), {summary['distinct']} distinct | {output}")
+    artifacts.log(f"generate_questions: iteration {iteration} done in {summary['seconds']:.0f} s | "
+                  f"{num_samples} samples, {len(parsed)} questions ({summary['parse_rate']:.0%}), "
+                  f"{summary['distinct']} distinct | {output}")
 
 
 if __name__ == "__main__":

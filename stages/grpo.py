@@ -148,8 +148,8 @@ def signal_problems(first: dict, needed: dict[str, str], prompts_per_step: int, 
     problems = [f"{key} is 0: {fix}" for key, fix in needed.items() if first.get(key, 1.0) == 0]
     if first.get("frac_reward_zero_std", 0.0) >= 1.0 and prompts_per_step >= MIN_GROUPS:
         problems.append(f"all {prompts_per_step} groups of {group_size} completions got equal rewards "
-                        f"(reward {first.get('reward', float('nan')):.3f}), so every advantage is 0. Use a stronger base "
-                        "or fix the prompt's format so that completions in a group differ in reward.")
+                        f"(reward {first.get('reward', float('nan')):.3f}), so every advantage is 0. Use a stronger "
+                        "base or fix the prompt's format so that completions in a group differ in reward.")
     return problems
 
 

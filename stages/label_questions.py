@@ -147,7 +147,7 @@ def main(
     train = [dict(question=r["question"], label=r["true_answer"] if label_source == "truth" else r["label"],
                   consistency=r["consistency"]) for r in labeled if r["kept"]]
     Dataset.from_list(labeled).to_parquet(str(partial / "labeled.parquet"))
-    _write_train(train, partial / "train.parquet")
+    write_train(train, partial / "train.parquet")
 
     unique = [r for r in labeled if not r["repeat"]]
     scored = [r for r in unique if r["label_correct"] is not None]
@@ -155,16 +155,15 @@ def main(
     histogram = Counter(round(r["consistency"] * m) for r in unique)
     summary = dict(
         stage="label_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
-        args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, questions=len(rows), distinct=len(unique),
-        repeats=len(rows) - len(unique), kept=len(train), kept_share=len(train) / max(1, len(unique)),
+        args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, questions=len(rows),
+        distinct=len(unique), repeats=len(rows) - len(unique), kept=len(train),
+        kept_share=len(train) / max(1, len(unique)),
         consistency_mean=sum(r["consistency"] for r in unique) / max(1, len(unique)),
         consistency_histogram={f"{k}/{m}": histogram.get(k, 0) for k in range(m + 1)},
         empty_labels=sum(not r["label"] for r in unique), scorable_share=len(scored) / max(1, len(unique)),
-        pseudo_label_accuracy=sum(r["label_correct"] for r in scored) / len(scored) if scored else None,
-        kept_pseudo_label_accuracy=sum(r["label_correct"] for r in kept_scored) / len(kept_scored) if kept_scored else None,
+        pseudo_label_accuracy=share_correct(scored), kept_pseudo_label_accuracy=share_correct(kept_scored),
         # what the Solver trains on: the vote's labels, or the exact answers of --label-source truth
-        trained_label_accuracy=(1.0 if label_source == "truth" else
-                                sum(r["label_correct"] for r in kept_scored) / len(kept_scored)) if kept_scored else None,
+        trained_label_accuracy=(1.0 if label_source == "truth" and kept_scored else share_correct(kept_scored)),
         label_accuracy_by_votes={
             f"{k}/{m}": sum(r["label_correct"] for r in scored if round(r["consistency"] * m) == k)
             / max(1, sum(round(r["consistency"] * m) == k for r in scored)) for k in sorted(histogram)
@@ -181,7 +180,12 @@ def main(
                   f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
 
 
-def _write_train(rows: list[dict], path: Path) -> None:
+def share_correct(rows: list[dict]) -> float | None:
+    """Share of rows whose label equals the true answer (None: no scorable row)."""
+    return sum(r["label_correct"] for r in rows) / len(rows) if rows else None
+
+
+def write_train(rows: list[dict], path: Path) -> None:
     """train.parquet with its schema even when no question is kept (datasets cannot write zero rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -112,8 +112,8 @@ def table(run: Path, rows: list[dict]) -> list[str]:
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("evaluate", {}).get("scores", {})))
     paper = [p for p in ("MATH-avg", "Overall")
              if any((r.get("evaluate", {}).get("paper") or {}).get(p) is not None for r in rows)]
-    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)", "trained-on label acc",
-            "Challenger reward", "minutes per stage"]
+    head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)",
+            "trained-on label acc", "Challenger reward", "minutes per stage"]
     lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})
@@ -158,8 +158,8 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
         scored = [r for r in rows if "evaluate" in r]
         main_task = headline(scored[0]["evaluate"]) if scored else None
         if main_task:
-            ax.plot([r["iteration"] for r in scored], [100 * headline_scores(r["evaluate"]).get(main_task, float("nan"))
-                                                       for r in scored], marker="o", label=f"{Path(run).name} ({main_task})")
+            accuracy = [100 * headline_scores(r["evaluate"]).get(main_task, float("nan")) for r in scored]
+            ax.plot([r["iteration"] for r in scored], accuracy, marker="o", label=f"{Path(run).name} ({main_task})")
     ax.set(xlabel="iteration", ylabel="accuracy (%)", title="Solver accuracy by iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations, never 0.5
     ax.legend()
@@ -221,8 +221,9 @@ def main(
     images = plots(runs, partial)
     lines += [f"![{name}]({name})" for name in images]
     (partial / "report.md").write_text("\n".join(lines) + "\n")
+    iterations = {str(r): [x["iteration"] for x in rows] for r, rows in runs.items()}
     artifacts.finish(partial, output, dict(stage="report", runs=[str(r) for r in run], images=images,
-                                           iterations={str(r): [x["iteration"] for x in rows] for r, rows in runs.items()}))
+                                           iterations=iterations))
     print("\n".join(line for line in lines if not line.startswith("![")))
     artifacts.log(f"report: {len(run)} run(s) -> {output / 'report.md'}")
 

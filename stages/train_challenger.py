@@ -195,8 +195,8 @@ def main(
     artifacts.finish(partial, output, summary)
     hub.push(output, target)
     artifacts.log(f"train_challenger: iteration {iteration} done in {summary['seconds']:.0f} s | reward "
-                  f"{summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | format {summary['format_rate']:.0%} | "
-                  f"consistency {summary['consistency_mean']:.2f} | "
+                  f"{summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
+                  f"format {summary['format_rate']:.0%} | consistency {summary['consistency_mean']:.2f} | "
                   f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
 
 

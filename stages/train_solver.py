@@ -127,11 +127,10 @@ def main(
 
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
-    dataset = Dataset.from_list([
-        dict(prompt=rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])), label=r["label"]) for r in rows
-    ])
+    prompts = [rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])) for r in rows]
+    dataset = Dataset.from_list([dict(prompt=p, label=r["label"]) for p, r in zip(prompts, rows)])
 
-    memory = grpo.memory_plan(base_model, solver_adapter, prompt_tokens=grpo.prompt_tokens(tokenizer, dataset["prompt"]),
+    memory = grpo.memory_plan(base_model, solver_adapter, prompt_tokens=grpo.prompt_tokens(tokenizer, prompts),
                               max_new_tokens=max_new_tokens, micro_batch_size=micro_batch_size,
                               prompts_per_step=prompts_per_step, group_size=group_size, lora_rank=lora_rank)
     history = grpo.train_lora(

@@ -1,6 +1,7 @@
 """Running the kit's stage scripts as a user does: subprocesses from the repository root, offline."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,13 @@ def checksum(path: Path) -> str:
         digest.update(str(file.relative_to(path)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def reply_json(handler, payload) -> None:
+    """Answer an http.server request with `payload` as JSON (the fake OpenAI-compatible servers)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stage_helpers import ROOT, env, run
+from stage_helpers import ROOT, env, reply_json, run
 
 FAKE_VLLM = ROOT / "tests" / "fixtures" / "fake_vllm"
 
@@ -199,7 +199,7 @@ function of the seed it got and its prompt's length)."""
     bodies: list[dict] = []
 
     def do_GET(self):
-        self._reply(dict(data=[dict(id="served-base", object="model")]))
+        reply_json(self, dict(data=[dict(id="served-base", object="model")]))
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -207,21 +207,13 @@ function of the seed it got and its prompt's length)."""
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         choices = [dict(index=k * body["n"] + j, text=f"{len(p)}: <question>What is {self._seed(body, j)} + 1?</question>")
                    for k, p in enumerate(prompts) for j in range(body["n"])]
-        self._reply(dict(choices=choices[::-1]))  # out of order: the client sorts by index
+        reply_json(self, dict(choices=choices[::-1]))  # out of order: the client sorts by index
 
     drawn = itertools.count(1)  # the server's generator: advances with every unseeded sample (next() is atomic)
 
     @classmethod
     def _seed(cls, body, j):
         return body["seed"] + j if body.get("seed") is not None else next(cls.drawn)
-
-    def _reply(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def log_message(self, *_):
         pass

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stage_helpers import run
+from stage_helpers import reply_json, run
 
 SCRIPTED = {  # question -> the Solver's m = 10 answers, in the order it gives them
     "What is 1 + 1?": ["3", "2", "2", "2", "2", "2", "4", "5", "6", "7"],  # majority 2 at p = 0.5; first answer 3
@@ -38,20 +38,10 @@ class ScriptedSolver(BaseHTTPRequestHandler):
                 a = answers[j % len(answers)]
                 text = "no answer" if a is None else f"Step by step: ...\n\\boxed{{{a}}}"
                 choices.append(dict(index=i * body["n"] + j, text=text, finish_reason="stop"))
-        data = json.dumps(dict(id="x", object="text_completion", choices=choices)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, dict(id="x", object="text_completion", choices=choices))
 
     def do_GET(self):  # /v1/models: what the server serves (the sampler asks for the base's name)
-        data = json.dumps(dict(object="list", data=[dict(id="base", object="model")])).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, dict(object="list", data=[dict(id="base", object="model")]))
 
     def log_message(self, *_):
         pass

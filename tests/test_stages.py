@@ -213,11 +213,11 @@ def test_adapter_trained_on_another_base(it1, frozen, tmp_path):
 
 
 def test_zero_kept_questions(it1, frozen, tmp_path):
-    from label_questions import _write_train
+    from label_questions import write_train
 
     empty = tmp_path / "labeled"
     empty.mkdir()
-    _write_train([], empty / "train.parquet")
+    write_train([], empty / "train.parquet")
     (empty / "summary.json").write_text(json.dumps({"iteration": 1}))
     (empty / "DONE").write_text("")
     fails_with("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", empty,
