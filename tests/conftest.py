@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "vllm" in item.keywords and not has_vllm:
             item.add_marker(pytest.mark.skip(reason="vLLM is not installed here; these run in the vLLM venv "
-                                                    "(requirements-vllm.txt; .ci/run runs them)"))
+                                                    "(requirements-vllm.txt; README: the vLLM tests)"))
         if "gpu" in item.keywords:
             if has_cuda is None:
                 import torch
