@@ -34,7 +34,7 @@ def quick_base(tmp_path_factory) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vllm: runs a real vLLM engine (CPU or GPU); in the vLLM venv: "
-                            "python -m pytest -m vllm tests (requirements-vllm.txt, .ci/run does it)")
+                            "python -m pytest -m vllm tests (requirements-vllm.txt; README: the vLLM tests)")
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped, with the reason, where it is absent")
 
 

