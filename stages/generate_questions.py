@@ -27,6 +27,7 @@ from pathlib import Path
 import typer
 
 import artifacts
+import generation
 import hub
 import rzero
 
@@ -50,8 +51,8 @@ def main(
     backend: str = typer.Option("auto", help="Generation backend: auto (vLLM on a GPU if installed, else "
                                 "transformers), hf, vllm, server.", rich_help_panel="Sampling"),
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
-    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend; vllm and server "
-                                   "take all N at once).", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(generation.HF_BATCH_SIZE, help="Sequences per transformers generate call (hf "
+                                   "backend; vllm and server take all N at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push the questions to this Hub dataset repo (<ns>/<name>, private) "
                                  "as config iterNN-raw; empty = local only. Token: HF_TOKEN or the Hub login.",
@@ -64,7 +65,7 @@ def main(
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = hub.base(base_model, inputs)
     challenger_adapter = hub.optional_input(challenger_adapter, "--challenger-adapter",
-                                                  "stages/train_challenger.py", inputs)
+                                            "stages/train_challenger.py", inputs)
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter, iteration)})
     partial = hub.start("generate_questions", output, overwrite, target)
     if partial is None:
@@ -73,7 +74,6 @@ def main(
     from datasets import Dataset
     from tqdm import tqdm
 
-    import generation
 
     t0 = time.time()
     backend = generation.resolve_backend(backend)

@@ -38,6 +38,7 @@ import typer
 
 import artifacts
 import equivalence
+import generation
 import hub
 import microworld
 import rzero
@@ -70,8 +71,8 @@ def main(
                               rich_help_panel="Sampling"),
     backend: str = typer.Option("auto", help="Generation backend: auto, hf, vllm, server.", rich_help_panel="Sampling"),
     server_url: str = typer.Option("", help="OpenAI-compatible URL for --backend server.", rich_help_panel="Sampling"),
-    batch_size: int = typer.Option(256, help="Sequences per transformers generate call (hf backend; vllm and server "
-                                   "take every question at once).", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(generation.HF_BATCH_SIZE, help="Sequences per transformers generate call (hf "
+                                   "backend; vllm and server take every question at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push to this Hub dataset repo (<ns>/<name>, private) as configs "
                                  "iterNN-labeled and iterNN-train; empty = local only. Token: HF_TOKEN or the Hub "
@@ -87,7 +88,7 @@ def main(
     base_model = hub.base(base_model, inputs)
     questions = hub.input(questions, "--questions", "stages/generate_questions.py", inputs)
     solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter",
-                                              "stages/train_solver.py of the previous iteration", inputs)
+                                        "stages/train_solver.py of the previous iteration", inputs)
     if iteration > 1 and not solver_adapter:
         artifacts.fail(f"--iteration {iteration} labels with the Solver of iteration {iteration - 1}: "
                        "pass --solver-adapter.")
@@ -108,7 +109,6 @@ def main(
 
     from tqdm import tqdm
 
-    import generation
 
     t0 = time.time()
     rows = [r for r in source.to_list() if r["question"]]

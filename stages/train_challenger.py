@@ -129,7 +129,7 @@ def main(
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = hub.base(base_model, inputs)
     challenger_adapter = hub.optional_input(challenger_adapter, "--challenger-adapter",
-                                                  "the previous iteration's stages", inputs)
+                                            "the previous iteration's stages", inputs)
     solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter", "the previous iteration's stages", inputs)
     if iteration > 1 and not (challenger_adapter and solver_adapter):
         artifacts.fail(f"--iteration {iteration} continues iteration {iteration - 1}: pass its --challenger-adapter "

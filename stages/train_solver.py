@@ -104,7 +104,7 @@ def main(
     base_model = hub.base(base_model, inputs)
     train = hub.input(train, "--train (labeled questions)", "stages/label_questions.py", inputs)
     solver_adapter = hub.optional_input(solver_adapter, "--solver-adapter",
-                                              "stages/train_solver.py of the previous iteration", inputs)
+                                        "stages/train_solver.py of the previous iteration", inputs)
     if iteration > 1 and not solver_adapter:
         artifacts.fail(f"--iteration {iteration} continues the Solver of iteration {iteration - 1}: "
                        "pass --solver-adapter.")
