@@ -172,6 +172,50 @@ def _fast_symbolic_eq(original):
     return symbolic_eq
 
 
+def _two_stage_parsing(create_parser):
+    """latex2sympy's `create_parser` with ANTLR's two-stage parsing: the parser's `math()` tries
+    SLL prediction first and falls back to full LL only when SLL raises. ANTLR guarantees that an
+    SLL parse that succeeds is the tree LL would build (PredictionMode.SLL), so the answers are
+    the same; intervals and tuples, which latex2sympy's grammar sends into LL's full-context
+    prediction at every comma, parse in 2 ms instead of 40. Syntax errors (latex2sympy's listener
+    raises a plain Exception) and ANTLR's own errors trigger the fallback; anything else, such as
+    math-verify's timeout, goes through."""
+    from antlr4.atn.PredictionMode import PredictionMode
+    from antlr4.error.Errors import ParseCancellationException, RecognitionException
+
+    def create(self, latex_str):
+        parser = create_parser(self, latex_str)
+        full_ll = parser.math
+
+        def math():
+            parser._interp.predictionMode = PredictionMode.SLL
+            try:
+                return full_ll()
+            except Exception as error:  # noqa: BLE001 - the listener raises a plain Exception
+                if type(error) is not Exception and not isinstance(error, (ParseCancellationException,
+                                                                          RecognitionException)):
+                    raise
+            parser.reset()  # back to the first token
+            parser._interp.predictionMode = PredictionMode.LL
+            return full_ll()
+
+        parser.math = math
+        return parser
+
+    return create
+
+
+def _parsed_integer(s: str) -> list | None:
+    """math-verify's parse of a normalized integer ('14', '-5'), without parsing: [Integer, text]
+    (the same list, checked on 900 integers up to 15 digits; 2 ms of ANTLR saved on every integer
+    that meets a non-numeric answer). None for anything else."""
+    if not (_INTEGER.fullmatch(s) and s == str(int(s))):
+        return None
+    from sympy import Integer
+
+    return [Integer(int(s)), s]
+
+
 # --- The screen and the memory of pathological answers -----------------------------------------
 
 _LITERAL = re.compile(r"\d+(?:\.\d*)?|\.\d+")
@@ -361,12 +405,14 @@ def _verify_worker(conn) -> None:
     """Child process: answers one item at a time, so the parent can bound each step. It announces
     each parse and comparison it hands to math-verify (the parent's clock bounds each one; a hang
     in C code is the parent's to kill) and reports math-verify's own timeouts, which math-verify
-    logs and turns into "unparseable" or "different". Two shortcuts that change no answer: two
-    different integers are not equivalent (as in the parent), and math-verify's symbolic step is
-    skipped where `_provably_different` shows it would fail. Parses and verdicts are cached for
-    the worker's life; verdicts the parent knows come with each request."""
+    logs and turns into "unparseable" or "different". Shortcuts that change no answer: two
+    different integers are not equivalent (as in the parent), math-verify's symbolic step is
+    skipped where `_provably_different` shows it would fail, integers are built without parsing
+    (`_parsed_integer`) and latex2sympy parses in two stages (`_two_stage_parsing`). Parses and
+    verdicts are cached for the worker's life; verdicts the parent knows come with each request."""
     import logging
 
+    import latex2sympy2_extended.latex2sympy2
     import math_verify.grader
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
@@ -383,6 +429,8 @@ def _verify_worker(conn) -> None:
     logging.getLogger().addHandler(logging.NullHandler())  # other warnings: not to the stage's stderr
     if hasattr(math_verify.grader, "sympy_symbolic_eq"):
         math_verify.grader.sympy_symbolic_eq = _fast_symbolic_eq(math_verify.grader.sympy_symbolic_eq)
+    latex2sympy = latex2sympy2_extended.latex2sympy2._Latex2Sympy
+    latex2sympy.create_parser = _two_stage_parsing(latex2sympy.create_parser)
     cache: dict[str, list] = {}  # normalized answer -> math-verify's parse
     verdicts: dict[tuple[str, str], bool] = {}  # (gold, pred) -> verify's answer
 
@@ -395,6 +443,8 @@ def _verify_worker(conn) -> None:
         return result
 
     def parse_now(s: str) -> list:
+        if (integer := _parsed_integer(s)) is not None:
+            return integer
         e_notation = _E_NOTATION.fullmatch(s)  # 4.5e33 would parse as 4.5 * e * 33
         latex = f"{e_notation[1]}\\times10^{{{e_notation[2]}}}" if e_notation else s
         try:

@@ -473,6 +473,41 @@ def test_fast_symbolic_step_gives_math_verify_answers(monkeypatch):
     assert sum(plain.values()) >= 10  # the table has real equivalences in it
 
 
+def test_two_stage_parsing_gives_latex2sympy_parses(monkeypatch):
+    # SLL first, full LL where SLL fails: the same parse as latex2sympy's own parser for every
+    # kind of answer, including those SLL cannot parse (polynomials like '100x') and syntax errors
+    import latex2sympy2_extended.latex2sympy2 as l2s
+    import math_verify.parser
+    from math_verify import parse
+
+    answers = ["(10,17)", "(1,2)", "[1,2)", "(-\\infty, 3]", "\\{1,2\\}", "1,2", "1;2", "1,000", "(1,2,3)",
+               "x^2+100x+3", "2+15x+x^2", "x=2", "3 \\le x < 5", "x \\in [1,2]", "f(x)=x^2", "10\\%",
+               "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "2\\sqrt{3}", "\\frac{19\\pi}{2}", "\\infty",
+               "no solution", "Iamnotsure", "\\frac{1}{", "x+", ")(", "7", "0.5", "a,b"]
+
+    def parses():
+        math_verify.parser.parse_latex_cached.cache_clear()
+        return [(parse("\\boxed{" + a + "}"), [str(x) for x in parse("\\boxed{" + a + "}")]) for a in answers]
+
+    plain = parses()
+    monkeypatch.setattr(l2s._Latex2Sympy, "create_parser",
+                        equivalence._two_stage_parsing(l2s._Latex2Sympy.create_parser))
+    assert parses() == plain
+    assert sum(bool(p) for p, _ in plain) >= len(answers) - 4  # the table is mostly parseable answers
+
+
+def test_parsed_integer_is_math_verify_parse():
+    from math_verify import parse
+
+    rng = random.Random(3)
+    integers = list(range(-150, 151)) + [rng.randint(-10**15 + 1, 10**15 - 1) for _ in range(150)]
+    for s in map(str, integers):
+        built, parsed = equivalence._parsed_integer(s), parse("\\boxed{" + s + "}")
+        assert built == parsed and list(map(type, built)) == list(map(type, parsed)), s
+    for s in ["007", "+7", "7.0", "1/2", "x", "", "1234567890123456"]:  # not normalized integers
+        assert equivalence._parsed_integer(s) is None, s
+
+
 # --- Grouping and majority vote ---------------------------------------------------------------------
 
 
