@@ -14,6 +14,9 @@
 # a few minutes). Real model on one GPU:  BASE_MODEL=Qwen/Qwen3-4B-Base RUN=q4b bash run_iteration.sh
 # Controls:  CHALLENGER=base (untrained Challenger, the paper's "Base Challenger" baseline)
 #            LABEL_SOURCE=truth (micro-world only: true labels instead of the vote, the upper bound)
+# Several GPUs:  DISTRIBUTED=ddp|zero3|fsdp2 NUM_PROCESSES=8 runs both training stages under
+#   `accelerate launch` (stages/accelerate/); QUANTIZATION=4bit trains on a QLoRA base; TRL_VLLM=server
+#   serves TRL's generation with `trl vllm-serve` on TRL_VLLM_GPUS while the trainers use TRAIN_GPUS.
 # The Hub as the artifact bus:  HUB_NAMESPACE=me bash run_iteration.sh
 #   every stage reads its inputs from the Hub and pushes its output there, into private repos
 #   me/<run>-challenger and me/<run>-solver (a branch per iteration) and me/<run>-questions (a config per
@@ -73,6 +76,16 @@ fi
 : "${SOLVER_SERVER:=0}"         # 1: serve the frozen Solver with `vllm serve` for step 1 (GPU box)
 : "${SOLVER_PORT:=8011}"        # port of that server
 : "${SEED:=0}"
+: "${DISTRIBUTED:=none}"        # none | ddp | zero3 | fsdp2: the training stages under accelerate (stages/accelerate/)
+: "${NUM_PROCESSES:=1}"         # training processes (GPUs) for DISTRIBUTED; with TRAIN_GPUS: one per listed GPU
+: "${TRAIN_GPUS:=}"             # CUDA_VISIBLE_DEVICES of the training stages (e.g. 0,1,2,3,4,5,6); empty = all
+: "${QUANTIZATION:=none}"       # none | 4bit: QLoRA base for both training stages (NF4, double quantization)
+: "${TRL_VLLM:=colocate}"       # colocate | server: TRL's generation in each trainer, or `trl vllm-serve`
+: "${TRL_VLLM_GPUS:=}"          # CUDA_VISIBLE_DEVICES of `trl vllm-serve` (e.g. 7), GPUs the trainers do not use
+: "${TRL_VLLM_PORT:=8000}"      # port of that server
+
+case "$DISTRIBUTED" in none | ddp | zero3 | fsdp2) ;; *) echo "DISTRIBUTED=$DISTRIBUTED: use none, ddp, zero3 or fsdp2" >&2; exit 2 ;; esac
+case "$TRL_VLLM" in colocate | server) ;; *) echo "TRL_VLLM=$TRL_VLLM: use colocate or server" >&2; exit 2 ;; esac
 
 # --- Derived names, in one place -------------------------------------------------------------------
 RUN_DIR="$RUNS_DIR/$RUN"      # the run's log, stage times and report (and its artifacts, unless HUB_ONLY=1)
@@ -116,7 +129,7 @@ if [[ "$BASE_MODEL" == micro ]]; then
   : "${EVAL_TASKS:=rzero_micro}"
 fi
 : "${EVAL_TASKS:=rzero_all}"
-log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE"
+log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM"
 
 solver_pid=""
 stop_solver_server() {
@@ -126,7 +139,7 @@ stop_solver_server() {
   fi
 }
 SCRATCH=""
-cleanup() { stop_solver_server; if [[ -n "$SCRATCH" ]]; then rm -rf "$SCRATCH"; fi; }
+cleanup() { stop_solver_server; stop_trl_server; if [[ -n "$SCRATCH" ]]; then rm -rf "$SCRATCH"; fi; }
 trap cleanup EXIT
 if [[ "$HUB_ONLY" == 1 ]]; then SCRATCH=$(mktemp -d); ARTIFACTS="$SCRATCH"; fi
 start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
@@ -152,6 +165,36 @@ start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
   SOLVER_FLAGS=(--backend server --server-url "http://127.0.0.1:$SOLVER_PORT/v1")
 }
 
+if [[ -n "$TRAIN_GPUS" ]]; then IFS=, read -ra gpus <<< "$TRAIN_GPUS"; NUM_PROCESSES=${#gpus[@]}; fi
+TRAIN=($PYTHON)  # how the training stages start: alone, or one process per GPU under accelerate
+if [[ "$DISTRIBUTED" != none ]]; then
+  TRAIN=($PYTHON -m accelerate.commands.launch --config_file "stages/accelerate/$DISTRIBUTED.yaml"
+         --num_processes "$NUM_PROCESSES" --main_process_port "${MAIN_PROCESS_PORT:-29500}")
+fi
+if [[ -n "$TRAIN_GPUS" ]]; then TRAIN=(env CUDA_VISIBLE_DEVICES="$TRAIN_GPUS" "${TRAIN[@]}"); fi
+TRAIN_FLAGS=(--quantization "$QUANTIZATION" --vllm-mode "$TRL_VLLM")
+if [[ "$TRL_VLLM" == server ]]; then TRAIN_FLAGS+=(--vllm-server-url "http://127.0.0.1:$TRL_VLLM_PORT"); fi
+trl_pid=""
+stop_trl_server() {
+  if [[ -n "$trl_pid" ]]; then
+    kill "$trl_pid" 2>/dev/null || true; wait "$trl_pid" 2>/dev/null || true
+    log "TRL vLLM server: PID $trl_pid stopped"; trl_pid=""
+  fi
+}
+start_trl_server() {  # TRL's generation server for one training stage; the trainer sends it its weights
+  [[ "$TRL_VLLM" == server ]] || return 0
+  local t0=$SECONDS
+  CUDA_VISIBLE_DEVICES="$TRL_VLLM_GPUS" trl vllm-serve --model "$BASE_MODEL" --port "$TRL_VLLM_PORT" \
+    >> "$RUN_DIR/trl_server.log" 2>&1 &
+  trl_pid=$!
+  until curl -sf "http://127.0.0.1:$TRL_VLLM_PORT/health" > /dev/null; do
+    kill -0 "$trl_pid" 2>/dev/null || { log "TRL vLLM server died; see $RUN_DIR/trl_server.log"; exit 1; }
+    (( SECONDS - t0 < 600 )) || { log "TRL vLLM server not healthy after 600 s"; exit 1; }
+    sleep 2
+  done
+  log "TRL vLLM server: PID $trl_pid, port $TRL_VLLM_PORT, GPUs ${TRL_VLLM_GPUS:-all}, healthy after $((SECONDS - t0)) s"
+}
+
 k=0
 stage evaluate $PYTHON stages/evaluate.py \
   --base-model "$BASE_MODEL" \
@@ -171,7 +214,8 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
   if [[ "$CHALLENGER" == trained ]]; then
     SOLVER_FLAGS=()
     if [[ "$SOLVER_SERVER" == 1 && ! -f "$here/challenger/DONE" ]]; then start_solver_server "$prev_solver"; fi
-    stage challenger $PYTHON stages/train_challenger.py \
+    if [[ ! -f "$here/challenger/DONE" ]]; then start_trl_server; fi
+    stage challenger "${TRAIN[@]}" stages/train_challenger.py \
       --base-model "$BASE_MODEL" \
       --iteration "$k" \
       --challenger-adapter "$prev_challenger" \
@@ -189,7 +233,9 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
       --solver-max-new-tokens "$MAX_NEW_TOKENS" \
       --seed "$SEED" \
       --hub-repo "$HUB_CHALLENGER" \
+      "${TRAIN_FLAGS[@]}" \
       "${SOLVER_FLAGS[@]}"
+    stop_trl_server
     stop_solver_server
     challenger=$(input_of challenger "$k")
   fi
@@ -220,7 +266,8 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --hub-repo "$HUB_QUESTIONS"
 
   # 5. the Solver of k learns the kept questions' pseudo-labels
-  stage solver $PYTHON stages/train_solver.py \
+  if [[ ! -f "$here/solver/DONE" ]]; then start_trl_server; fi
+  stage solver "${TRAIN[@]}" stages/train_solver.py \
     --base-model "$BASE_MODEL" \
     --iteration "$k" \
     --train "$(input_of train "$k")" \
@@ -234,7 +281,9 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --micro-batch-size "$MICRO_BATCH_SIZE" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
-    --hub-repo "$HUB_SOLVER"
+    --hub-repo "$HUB_SOLVER" \
+    "${TRAIN_FLAGS[@]}"
+  stop_trl_server
 
   # 6. evaluate the new Solver; one-screen summary and the run's report
   stage evaluate $PYTHON stages/evaluate.py \

@@ -89,7 +89,19 @@ def fail(message: str) -> None:
 
 
 def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    """One line on stderr, from the main process only when a stage runs under `accelerate launch`."""
+    if rank() == 0:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def rank() -> int:
+    """This process's rank under `accelerate launch` or torchrun (RANK), 0 when it runs alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def processes() -> int:
+    """How many processes run this stage together (WORLD_SIZE under `accelerate launch`), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def base_identity(base: str) -> str:

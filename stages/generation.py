@@ -19,6 +19,7 @@ for an adapter (the driver's `vllm serve` flag).
 """
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,21 +50,45 @@ def load_tokenizer(base: str):
     return tokenizer
 
 
-def load_model(base: str, adapter: str | None = None, trainable: bool = False, dtype: str = "auto"):
-    """The base model, with `adapter` (a PEFT LoRA folder) applied when given."""
+def device() -> str:
+    """This process's device: its own GPU under `accelerate launch` (LOCAL_RANK), else cuda or cpu."""
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(base: str, adapter: str | None = None, trainable: bool = False, dtype: str = "auto",
+               quantization: str = "none"):
+    """The base model, with `adapter` (a PEFT LoRA folder) applied when given, on this process's
+    device. quantization "4bit": QLoRA's base, NF4 with double quantization through bitsandbytes,
+    computing in bf16 on a GPU (fp32 on a CPU, where bf16 is slow without native support), placed by
+    device_map and, when trainable, prepared by PEFT's prepare_model_for_kbit_training."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     if not torch.cuda.is_available() and dtype == "auto":
         torch_dtype = torch.float32  # CPU: bf16 matmuls are slower than fp32 for generation here
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    if quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+        model = AutoModelForCausalLM.from_pretrained(base, quantization_config=config, dtype=compute,
+                                                     device_map={"": device()})
+        if trainable:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
+    elif quantization == "none":
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype).to(device())
+    else:
+        raise ValueError(f"quantization {quantization!r}: use none or 4bit")
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
     return model
 
 

@@ -8,8 +8,15 @@ adapter, when the first step's rewards carry no signal (a needed rate at 0, or e
 least MIN_GROUPS groups without variance), when fewer optimizer steps ran than asked, or when the
 adapter did not move although the rewards differed within groups. Only the
 trained adapter is saved, not TRL's frozen `ref` copy (PEFT saves every adapter unless told).
+
+Under `accelerate launch` (stages/accelerate/: DDP, DeepSpeed ZeRO-3, FSDP2) every rank trains on
+its share of each step's prompts x group size completions (the step's size stays the same), only
+the main process writes the output folder, logs and pushes (`start`, `main_only`), and the adapter
+is gathered from every rank before it is saved. With --quantization 4bit (QLoRA) the trainer
+generates with transformers: TRL cannot sync a 4-bit base into vLLM (trl#4973).
 """
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -21,10 +28,90 @@ MIN_GROUPS = 8  # prompts per step from which "every group without variance" is 
 
 
 def check_batches(prompts_per_step: int, group_size: int, micro_batch_size: int) -> None:
-    """Exit with a clear error unless the micro-batches tile one step's completions exactly."""
-    if (prompts_per_step * group_size) % micro_batch_size:
-        artifacts.fail(f"--micro-batch-size {micro_batch_size} must divide prompts-per-step x group-size "
+    """Exit with a clear error unless the micro-batches of every process tile one step's completions."""
+    n = artifacts.processes()
+    if (prompts_per_step * group_size) % (micro_batch_size * n):
+        on = f" x {n} processes" if n > 1 else ""
+        artifacts.fail(f"--micro-batch-size {micro_batch_size}{on} must divide prompts-per-step x group-size "
                        f"= {prompts_per_step * group_size}.")
+
+
+def check_modes(quantization: str, vllm_mode: str, vllm_server_url: str) -> None:
+    """Exit with a clear error on an unknown or impossible --quantization / --vllm-mode choice."""
+    if quantization not in ("none", "4bit"):
+        artifacts.fail(f"--quantization {quantization!r}: use none or 4bit.")
+    if vllm_mode not in ("colocate", "server"):
+        artifacts.fail(f"--vllm-mode {vllm_mode!r}: use colocate or server.")
+    if vllm_mode == "server" and not vllm_server_url:
+        artifacts.fail("--vllm-mode server needs --vllm-server-url, the base URL of `trl vllm-serve` "
+                       "(e.g. http://127.0.0.1:8000).")
+    if vllm_mode == "server" and quantization == "4bit":
+        artifacts.fail("--quantization 4bit cannot use --vllm-mode server: TRL cannot send a 4-bit base's weights "
+                       "to vLLM (trl#4973), so the 4-bit trainer generates with transformers. Drop one of the two.")
+
+
+def processes_note() -> str:
+    """The closing line's '| N processes' under `accelerate launch` (nothing alone)."""
+    n = artifacts.processes()
+    return f" | {n} processes" if n > 1 else ""
+
+
+def _distributed() -> None:
+    """Start the process group (gloo on a CPU, nccl on GPUs) before the first collective; a no-op alone."""
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())
+
+
+def broadcast(value):
+    """The main process's `value` on every rank (itself when alone)."""
+    if artifacts.processes() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    _distributed()
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def gathered(items: list) -> list:
+    """`items` of every rank, concatenated in rank order (itself when alone)."""
+    if artifacts.processes() == 1:
+        return list(items)
+    from accelerate.utils import gather_object
+
+    _distributed()
+    return gather_object(list(items))
+
+
+def whole_batch(completions: list[str]) -> tuple[list[str], int]:
+    """The reward batch of every rank together and where this rank's `completions` start in it: a
+    reward over the whole batch (the Challenger's repetition penalty) is computed on it, and each
+    rank keeps its own slice, so the values equal one process's on the same batch."""
+    sizes = gathered([len(completions)])
+    return gathered(completions), sum(sizes[: artifacts.rank()])
+
+
+def summed(counts: dict[str, int]) -> dict[str, int]:
+    """Counts (equivalence.failures()) added over the ranks: the whole stage's."""
+    return {key: sum(c[key] for c in gathered([counts])) for key in counts}
+
+
+def start(stage: str, output: Path, overwrite: bool, target: dict | None) -> Path | None:
+    """hub.start on the main process only (the skip decision, the `.partial` folder, a missing push);
+    every other rank gets the same answer and never touches the folder itself."""
+    import hub
+
+    return broadcast(hub.start(stage, output, overwrite, target) if artifacts.rank() == 0 else None)
+
+
+def main_only(work, *args):
+    """work(*args) on the main process only (finish, push); the ranks wait for it."""
+    if artifacts.rank() == 0:
+        work(*args)
+    broadcast(None)  # a barrier that also carries nothing
 
 
 def prompt_tokens(tokenizer, prompts: list[str]) -> int:
@@ -58,35 +145,44 @@ def train_lora(
     prompts_per_step: int, group_size: int, micro_batch_size: int, learning_rate: float, kl_coef: float,
     clip: tuple[float, float], lora_rank: int, lora_alpha: int, max_new_tokens: int, temperature: float,
     seed: int, shown: dict[str, str], needed: dict[str, str] | None = None, memory=None,
+    quantization: str = "none", vllm_mode: str = "colocate", vllm_server_url: str = "",
 ) -> list[dict]:
     """Train for `steps` optimizer steps of prompts_per_step x group_size completions; save the
     adapter in `output`; return the per-step logs. A dataset with fewer than steps x prompts_per_step
     rows is cycled to fill every step. `shown` maps log keys to the names printed in each step line
     after the reward (e.g. {"format_rate": "format"}). `needed` maps a logged rate to the fix to print
     when it is 0 after the first step (no signal: stop, rather than spend the whole budget).
-    `memory`: the stage's gpu_memory.Plan (TRL's engine share, context length, sleep mode), or None."""
+    `memory`: the stage's gpu_memory.Plan (TRL's engine share, context length, sleep mode), or None.
+    `quantization` "4bit": a QLoRA base (generation.load_model), generating with transformers.
+    `vllm_mode`: TRL's "colocate" engine, or "server": `trl vllm-serve` at `vllm_server_url`."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    model = generation.load_model(base_model, adapter, trainable=True)
+    model = generation.load_model(base_model, adapter, trainable=True, quantization=quantization)
     if not adapter:  # iteration 1: a fresh LoRA on every linear layer
         model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
     if len(dataset) < steps * prompts_per_step:  # TRL draws whole batches of distinct rows: cycle the rows
         dataset = dataset.select([i % len(dataset) for i in range(steps * prompts_per_step)])  # to fill every step
     cuda = torch.cuda.is_available()
+    use_vllm = cuda and (vllm_mode == "server" or generation._vllm_usable())
+    if use_vllm and quantization == "4bit":
+        artifacts.log("the 4-bit trainer generates with transformers, not vLLM: TRL cannot load a 4-bit base's "
+                      "weights into its engine (trl#4973); question generation and labeling still use vLLM")
+        use_vllm = False
+    server = dict(vllm_server_base_url=vllm_server_url) if use_vllm and vllm_mode == "server" else {}
     config = GRPOConfig(
         output_dir=str(output / "trainer"), max_steps=steps, learning_rate=learning_rate, beta=kl_coef,
         epsilon=clip[0], epsilon_high=clip[1], num_generations=group_size,
         per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=prompts_per_step * group_size // micro_batch_size,
+        gradient_accumulation_steps=prompts_per_step * group_size // (micro_batch_size * artifacts.processes()),
         max_completion_length=max_new_tokens, temperature=temperature, top_p=1.0, seed=seed, data_seed=seed,
         logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda,
-        gradient_checkpointing=cuda, use_vllm=cuda and generation._vllm_usable(), vllm_mode="colocate",
-        log_level="warning", **vllm_memory(memory),
+        gradient_checkpointing=cuda, use_vllm=use_vllm, vllm_mode=vllm_mode, log_level="warning",
+        **(vllm_memory(memory) if vllm_mode == "colocate" else {}), **server,
     )
     history: list[dict] = []
     no_signal: list[str] = []
@@ -106,12 +202,21 @@ def train_lora(
         def on_log(self, *_args, **_kwargs):
             pass
 
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
+    scored = [0]  # completions this rank scored: every rank's together must be the steps' prompts x group size
+
+    @functools.wraps(reward)  # TRL names the reward's log columns after it
+    def counted(completions, **kwargs):
+        scored[0] += len(completions)
+        return reward(completions, **kwargs)
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[counted], args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[StepLine()])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
-    start = fingerprint(trainer.model)
+    start = fingerprint(trainer.model.state_dict())  # before train(): every rank holds whole tensors here
     trainer.train()
+    state = trainer.accelerator.get_state_dict(trainer.model)  # every rank: ZeRO-3 / FSDP shards gathered
+    moved = broadcast(fingerprint(state) != start if artifacts.rank() == 0 else None)
     if no_signal:
         artifacts.fail(f"the rewards carry no signal after step 1/{steps}: {' '.join(no_signal)} Stopped instead of "
                        f"spending the other {steps - 1} steps.")
@@ -119,7 +224,13 @@ def train_lora(
         artifacts.fail(f"GRPO ran {trainer.state.global_step} of {steps} optimizer steps ({len(history)} logged): the "
                        f"dataset ({len(dataset)} prompts) gives too few batches of {prompts_per_step} prompts x "
                        f"{group_size} completions. Lower --prompts-per-step.")
-    if fingerprint(trainer.model) == start:  # B still at its zero init (or a continued adapter unchanged)
+    total, expected = sum(gathered(scored)), steps * prompts_per_step * group_size
+    artifacts.log(f"GRPO: {total} completions scored by {artifacts.processes()} process(es) in {steps} steps "
+                  f"({prompts_per_step} prompts x {group_size} completions per step)")
+    if total != expected:
+        artifacts.fail(f"GRPO scored {total} completions in {steps} steps, not {expected} ({prompts_per_step} prompts x "
+                       f"{group_size} completions per step): the batch arithmetic across processes is wrong.")
+    if not moved:  # B still at its zero init (or a continued adapter unchanged)
         flat = all(h.get("frac_reward_zero_std", 0.0) >= 1.0 for h in history)
         if not flat:  # rewards differed, so gradients were nonzero: they never reached the adapter
             artifacts.fail(f"the LoRA adapter did not move in {steps} optimizer steps although rewards differed within "
@@ -128,8 +239,11 @@ def train_lora(
         # with fewer it can be chance (a tiny plumbing run), so it is said loudly, not fatal
         artifacts.log(f"warning: the LoRA adapter did not move: all {prompts_per_step} groups had equal rewards in "
                       f"each of the {steps} steps. At this size that can be chance; at real sizes it means no signal.")
-    trainer.model.save_pretrained(output, selected_adapters=["default"])  # not TRL's frozen `ref` copy
-    shutil.rmtree(output / "trainer", ignore_errors=True)
+    if artifacts.rank() == 0:  # not TRL's frozen `ref` copy
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output, state_dict=state,
+                                                                        selected_adapters=["default"])
+        shutil.rmtree(output / "trainer", ignore_errors=True)
+    broadcast(None)  # the adapter is on disk before any rank goes on
     return history
 
 
@@ -153,13 +267,14 @@ def signal_problems(first: dict, needed: dict[str, str], prompts_per_step: int, 
     return problems
 
 
-def fingerprint(model) -> list[tuple[float, float]]:
-    """(sum, sum of squares) of each trainable tensor: equal before and after means nothing moved."""
+def fingerprint(state: dict) -> list[tuple[float, float]]:
+    """(sum, sum of squares) of each tensor of the trained adapter ("default") in a state dict:
+    equal before and after means nothing moved."""
     import torch
 
     with torch.no_grad():
-        return [(p.double().sum().item(), p.double().square().sum().item())
-                for _, p in sorted(model.named_parameters()) if p.requires_grad]
+        return [(t.double().sum().item(), t.double().square().sum().item())
+                for name, t in sorted(state.items()) if "lora_" in name and ".default" in name]
 
 
 def mean(history: list[dict], key: str) -> float | None:

@@ -120,21 +120,26 @@ def challenger_reward(question: str | None, consistency: float, penalty: float) 
     return max(0.0, uncertainty_reward(consistency) - penalty)
 
 
-def challenger_rewards(completions: list[str], solve, m: int, tau: float = 0.5,
-                       penalty_weight: float = 1.0) -> tuple[list[float], dict[str, float]]:
+def challenger_rewards(completions: list[str], solve, m: int, tau: float = 0.5, penalty_weight: float = 1.0,
+                       batch: list[str] | None = None, offset: int = 0) -> tuple[list[float], dict[str, float]]:
     """The Challenger's reward for one reward batch of completions (DESIGN.md section 1, step 1),
     and the batch's metrics. `solve(questions, m)` gives the frozen Solver's m completions for each
     question; each distinct question is asked once. For completion i with question q_i:
     p_i = consistency of the majority vote over its m final answers, r_i = max(0, r_unc(p_i) -
     r_rep(i)) with r_rep over the B parsed questions of the batch (duplicates included: they are
-    what the penalty is for); no question: r_i = 0."""
+    what the penalty is for); no question: r_i = 0. When `completions` are one process's share of
+    the batch, `batch` is the whole batch and `offset` where they start in it: r_rep is computed
+    over the whole batch (the values one process would give), the votes for this share only."""
     questions = [extract_question(c) for c in completions]
+    everyone = questions if batch is None else [extract_question(c) for c in batch]
+    if everyone[offset : offset + len(questions)] != questions:
+        raise ValueError(f"completions are not batch[{offset}:{offset + len(questions)}]")
     parsed = [q for q in questions if q]
     distinct = list(dict.fromkeys(parsed))
     votes = majority_votes([[last_boxed(a) for a in answers] for answers in solve(distinct, m)]) if distinct else []
     consistency = {q: p for q, (_, p) in zip(distinct, votes)}
-    penalty = iter(repetition_penalty(parsed, tau=tau, penalty_weight=penalty_weight))
-    penalties = [next(penalty) if q else 0.0 for q in questions]
+    penalty = iter(repetition_penalty([q for q in everyone if q], tau=tau, penalty_weight=penalty_weight))
+    penalties = [next(penalty) if q else 0.0 for q in everyone][offset : offset + len(questions)]
     rewards = [challenger_reward(q, consistency.get(q, 0.0), r) for q, r in zip(questions, penalties)]
     metrics = dict(
         format_rate=len(parsed) / len(questions),

@@ -60,10 +60,13 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 def reward_function(solve, m: int, tau: float, penalty_weight: float):
     """The reward TRL calls with each batch of Challenger completions: max(0, r_unc - r_rep) per
-    completion (rzero.challenger_rewards), its batch metrics logged beside the reward."""
+    completion (rzero.challenger_rewards), its batch metrics logged beside the reward. Under
+    `accelerate launch` each rank scores its own completions, with r_rep over every rank's."""
 
     def uncertainty_minus_repetition(completions: list[str], log_metric=None, **_) -> list[float]:
-        rewards, metrics = rzero.challenger_rewards(completions, solve, m, tau=tau, penalty_weight=penalty_weight)
+        batch, offset = grpo.whole_batch(completions)  # B: the step's questions on every rank
+        rewards, metrics = rzero.challenger_rewards(completions, solve, m, tau=tau, penalty_weight=penalty_weight,
+                                                    batch=batch, offset=offset)
         if log_metric:
             for key, value in metrics.items():
                 log_metric(key, value)
@@ -116,6 +119,15 @@ def main(
     solver_backend: str = typer.Option("", hidden=True, help="Renamed --backend."),
     solver_url: str = typer.Option("", hidden=True, help="Renamed --server-url."),
     seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
+    quantization: str = typer.Option("none", help="none, or 4bit: QLoRA (NF4, double quantization, bf16 compute) "
+                                     "for bases too large for a bf16 copy; the adapter loads on the bf16 base. "
+                                     "The trainer then generates with transformers (trl#4973).",
+                                     rich_help_panel="Training"),
+    vllm_mode: str = typer.Option("colocate", help="TRL's vLLM on a GPU: colocate (an engine in each training "
+                                  "process) or server (`trl vllm-serve` on GPUs of its own, at "
+                                  "--vllm-server-url).", rich_help_panel="Sampling"),
+    vllm_server_url: str = typer.Option("", help="Base URL of `trl vllm-serve` for --vllm-mode server "
+                                        "(e.g. http://10.0.0.5:8000).", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), "
                                  "branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.",
                                  rich_help_panel="Hub"),
@@ -137,7 +149,8 @@ def main(
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter, iteration - 1),
                                                     "--solver-adapter": (solver_adapter, iteration - 1)})
     grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
-    partial = hub.start("train_challenger", output, overwrite, target)
+    grpo.check_modes(quantization, vllm_mode, vllm_server_url)
+    partial = grpo.start("train_challenger", output, overwrite, target)
     if partial is None:
         return
 
@@ -151,6 +164,9 @@ def main(
     # One card for the Solver's engine, TRL's and the trainer. The Solver reads a question of up to
     # max_new_tokens (it is cut from a Challenger completion) and answers it in solver_max_new_tokens.
     in_process = generation.resolve_backend(backend) == "vllm"
+    if in_process and artifacts.processes() > 1:
+        artifacts.fail(f"{artifacts.processes()} training processes would each start their own vLLM Solver: serve "
+                       "it once and share it (--backend server --server-url ..., the driver's SOLVER_SERVER=1).")
     solver_len = grpo.prompt_tokens(tokenizer, [rzero.render_prompt(tokenizer, rzero.solver_messages(""))]) \
         + max_new_tokens + solver_max_new_tokens
     memory = grpo.memory_plan(base_model, challenger_adapter, prompt_tokens=grpo.prompt_tokens(tokenizer, [prompt]),
@@ -180,7 +196,7 @@ def main(
         needed={"format_rate": "no completion holds a non-empty <question>...</question> block, so every reward is "
                 "0. Use a stronger base that follows the Challenger prompt, or change the prompt's format "
                 "(rzero.challenger_messages)."},
-        memory=memory,
+        memory=memory, quantization=quantization, vllm_mode=vllm_mode, vllm_server_url=vllm_server_url,
     )
     summary = dict(
         stage="train_challenger", iteration=iteration, base_identity=artifacts.base_identity(base_model),
@@ -190,14 +206,19 @@ def main(
         consistency_mean=grpo.mean(history, "consistency"), penalty_mean=grpo.mean(history, "penalty"),
         zero_reward_share=grpo.mean(history, "zero_reward_share"), history=history,
         seconds=round(time.time() - t0, 1),
-        verifier_failures=equivalence.failures(),  # timeouts, dead workers, screened answers: all "not equivalent"
+        processes=artifacts.processes(),
+        verifier_failures=grpo.summed(equivalence.failures()),  # every rank's: all "not equivalent"
     )
-    artifacts.finish(partial, output, summary)
-    hub.push(output, target)
+
+    def publish() -> None:
+        artifacts.finish(partial, output, summary)
+        hub.push(output, target)
+
+    grpo.main_only(publish)
     artifacts.log(f"train_challenger: iteration {iteration} done in {summary['seconds']:.0f} s | reward "
                   f"{summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
                   f"format {summary['format_rate']:.0%} | consistency {summary['consistency_mean']:.2f} | "
-                  f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
+                  f"{equivalence.failure_note(summary['verifier_failures'])}{grpo.processes_note()} | {output}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,15 @@ def main(
                                        rich_help_panel="Sampling"),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
+    quantization: str = typer.Option("none", help="none, or 4bit: QLoRA (NF4, double quantization, bf16 compute) "
+                                     "for bases too large for a bf16 copy; the adapter loads on the bf16 base. "
+                                     "The trainer then generates with transformers (trl#4973).",
+                                     rich_help_panel="Training"),
+    vllm_mode: str = typer.Option("colocate", help="TRL's vLLM on a GPU: colocate (an engine in each training "
+                                  "process) or server (`trl vllm-serve` on GPUs of its own, at "
+                                  "--vllm-server-url).", rich_help_panel="Sampling"),
+    vllm_server_url: str = typer.Option("", help="Base URL of `trl vllm-serve` for --vllm-mode server "
+                                        "(e.g. http://10.0.0.5:8000).", rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), "
                                  "branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.",
                                  rich_help_panel="Hub"),
@@ -111,13 +120,14 @@ def main(
     artifacts.check_lineage(base_model, iteration, {"--train": (str(train), iteration),
                                                     "--solver-adapter": (solver_adapter, iteration - 1)})
     grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
+    grpo.check_modes(quantization, vllm_mode, vllm_server_url)
     import pyarrow.parquet as pq
 
     rows = pq.read_table(train / "train.parquet").to_pylist()
     if not rows and not (artifacts.is_complete(output) and not overwrite):
         artifacts.fail(f"{train} kept zero questions: nothing to train on. Generate more questions "
                        "(--num-samples) or widen the band (--delta) in the label stage.")
-    partial = hub.start("train_solver", output, overwrite, target)
+    partial = grpo.start("train_solver", output, overwrite, target)
     if partial is None:
         return
 
@@ -142,7 +152,7 @@ def main(
         shown={"frac_reward_zero_std": "zero-variance groups", "boxed_rate": "boxed"},
         needed={"boxed_rate": "no completion holds a \\boxed{} answer, so none can match its label. Use a stronger "
                 "base that follows the Solver prompt, or change the prompt's format (rzero.solver_messages)."},
-        memory=memory,
+        memory=memory, quantization=quantization, vllm_mode=vllm_mode, vllm_server_url=vllm_server_url,
     )
     rewards = [h["reward"] for h in history]
     summary = dict(
@@ -152,14 +162,19 @@ def main(
         reward_mean=grpo.mean(history, "reward"),
         zero_variance_share=grpo.mean(history, "frac_reward_zero_std"), boxed_rate=grpo.mean(history, "boxed_rate"),
         history=history, seconds=round(time.time() - t0, 1),
-        verifier_failures=equivalence.failures(),  # timeouts, dead workers, screened answers: all "not equivalent"
+        processes=artifacts.processes(),
+        verifier_failures=grpo.summed(equivalence.failures()),  # every rank's: all "not equivalent"
     )
-    artifacts.finish(partial, output, summary)
-    hub.push(output, target)
+
+    def publish() -> None:
+        artifacts.finish(partial, output, summary)
+        hub.push(output, target)
+
+    grpo.main_only(publish)
     artifacts.log(f"train_solver: iteration {iteration} done in {summary['seconds']:.0f} s | {len(rows)} questions | "
                   f"reward {summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
                   f"zero-variance groups {summary['zero_variance_share']:.0%} | "
-                  f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
+                  f"{equivalence.failure_note(summary['verifier_failures'])}{grpo.processes_note()} | {output}")
 
 
 if __name__ == "__main__":

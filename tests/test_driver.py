@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from stage_helpers import ROOT, env
 
 # One iteration in about a minute on the quick base; each knob is the driver's own.
@@ -79,3 +81,14 @@ def test_the_control_is_one_knob_and_an_old_knob_name_still_works(quick_base, tm
     # the knob reached the stage under its old name (LABEL_SOURCE=truth itself is test_method's: the quick
     # base's questions are rarely scorable arithmetic, so a truth run here would keep nothing)
     assert labeled["label_source"] == "vote" and (it / "solver" / "DONE").is_file()
+
+
+@pytest.mark.parametrize("knob, value, message", [
+    ("DISTRIBUTED", "deepspeed", "DISTRIBUTED=deepspeed: use none, ddp, zero3 or fsdp2"),
+    ("TRL_VLLM", "remote", "TRL_VLLM=remote: use colocate or server"),
+])
+def test_an_unknown_distribution_knob_stops_before_any_work(tmp_path, knob, value, message):
+    proc = subprocess.run(["bash", str(ROOT / "run_iteration.sh")], cwd=ROOT, capture_output=True, text=True,
+                          env=env(RUNS_DIR=str(tmp_path), PYTHON=os.sys.executable, **{knob: value}), timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not list(tmp_path.iterdir())  # not even the run's folder
