@@ -142,6 +142,14 @@ SCRATCH=""
 cleanup() { stop_solver_server; stop_trl_server; if [[ -n "$SCRATCH" ]]; then rm -rf "$SCRATCH"; fi; }
 trap cleanup EXIT
 if [[ "$HUB_ONLY" == 1 ]]; then SCRATCH=$(mktemp -d); ARTIFACTS="$SCRATCH"; fi
+wait_healthy() {  # $1 name, $2 PID, $3 health URL, $4 its log in the run folder: exit if it dies or takes 600 s
+  local t0=$SECONDS
+  until curl -sf "$3" > /dev/null; do
+    kill -0 "$2" 2>/dev/null || { log "$1 died; see $RUN_DIR/$4"; exit 1; }
+    (( SECONDS - t0 < 600 )) || { log "$1 not healthy after 600 s"; exit 1; }
+    sleep 2
+  done
+}
 start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
   local lora=() adapter=$1 t0=$SECONDS
   if [[ "$adapter" == hf://* ]]; then adapter=$($PYTHON stages/hub.py "$adapter"); fi  # vLLM loads a folder
@@ -156,11 +164,7 @@ start_solver_server() {  # $1: Solver adapter of k-1 or empty; sets SOLVER_FLAGS
   # shellcheck disable=SC2086  # $memory is two flag pairs
   vllm serve "$BASE_MODEL" --port "$SOLVER_PORT" --seed "$SEED" $memory "${lora[@]}" >> "$RUN_DIR/solver_server.log" 2>&1 &
   solver_pid=$!
-  until curl -sf "http://127.0.0.1:$SOLVER_PORT/health" > /dev/null; do
-    kill -0 "$solver_pid" 2>/dev/null || { log "Solver server died; see $RUN_DIR/solver_server.log"; exit 1; }
-    (( SECONDS - t0 < 600 )) || { log "Solver server not healthy after 600 s"; exit 1; }
-    sleep 2
-  done
+  wait_healthy "Solver server" "$solver_pid" "http://127.0.0.1:$SOLVER_PORT/health" solver_server.log
   log "Solver server: PID $solver_pid, port $SOLVER_PORT, healthy after $((SECONDS - t0)) s | ${lora[*]:-no adapter (the base)}"
   SOLVER_FLAGS=(--backend server --server-url "http://127.0.0.1:$SOLVER_PORT/v1")
 }
@@ -187,11 +191,7 @@ start_trl_server() {  # TRL's generation server for one training stage; the trai
   CUDA_VISIBLE_DEVICES="$TRL_VLLM_GPUS" trl vllm-serve --model "$BASE_MODEL" --port "$TRL_VLLM_PORT" \
     >> "$RUN_DIR/trl_server.log" 2>&1 &
   trl_pid=$!
-  until curl -sf "http://127.0.0.1:$TRL_VLLM_PORT/health" > /dev/null; do
-    kill -0 "$trl_pid" 2>/dev/null || { log "TRL vLLM server died; see $RUN_DIR/trl_server.log"; exit 1; }
-    (( SECONDS - t0 < 600 )) || { log "TRL vLLM server not healthy after 600 s"; exit 1; }
-    sleep 2
-  done
+  wait_healthy "TRL vLLM server" "$trl_pid" "http://127.0.0.1:$TRL_VLLM_PORT/health" trl_server.log
   log "TRL vLLM server: PID $trl_pid, port $TRL_VLLM_PORT, GPUs ${TRL_VLLM_GPUS:-all}, healthy after $((SECONDS - t0)) s"
 }
 

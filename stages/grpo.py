@@ -11,7 +11,7 @@ trained adapter is saved, not TRL's frozen `ref` copy (PEFT saves every adapter 
 
 Under `accelerate launch` (stages/accelerate/: DDP, DeepSpeed ZeRO-3, FSDP2) every rank trains on
 its share of each step's prompts x group size completions (the step's size stays the same), only
-the main process writes the output folder, logs and pushes (`start`, `main_only`), and the adapter
+the main process writes the output folder, logs and pushes (`start`, `publish`), and the adapter
 is gathered from every rank before it is saved. With --quantization 4bit (QLoRA) the trainer
 generates with transformers: TRL cannot sync a 4-bit base into vLLM (trl#4973).
 """
@@ -21,9 +21,20 @@ import json
 import shutil
 from pathlib import Path
 
+import typer
+
 import artifacts
 import generation
 
+# The flags both training stages take for how they train beyond one plain GPU.
+QUANTIZATION = typer.Option("none", help="none, or 4bit: QLoRA (NF4, double quantization, bf16 compute) for bases "
+                            "too large for a bf16 copy; the adapter loads on the bf16 base. The trainer then "
+                            "generates with transformers (trl#4973).", rich_help_panel="Training")
+VLLM_MODE = typer.Option("colocate", help="TRL's vLLM on a GPU: colocate (an engine in each training process) or "
+                         "server (`trl vllm-serve` on GPUs of its own, at --vllm-server-url).",
+                         rich_help_panel="Sampling")
+VLLM_SERVER_URL = typer.Option("", help="Base URL of `trl vllm-serve` for --vllm-mode server "
+                               "(e.g. http://10.0.0.5:8000).", rich_help_panel="Sampling")
 MIN_GROUPS = 8  # prompts per step from which "every group without variance" is judged after step 1
 
 
@@ -107,10 +118,13 @@ def start(stage: str, output: Path, overwrite: bool, target: dict | None) -> Pat
     return broadcast(hub.start(stage, output, overwrite, target) if artifacts.rank() == 0 else None)
 
 
-def main_only(work, *args):
-    """work(*args) on the main process only (finish, push); the ranks wait for it."""
+def publish(partial: Path, output: Path, summary: dict, target: dict | None) -> None:
+    """artifacts.finish and hub.push on the main process only; the other ranks wait for it."""
+    import hub
+
     if artifacts.rank() == 0:
-        work(*args)
+        artifacts.finish(partial, output, summary)
+        hub.push(output, target)
     broadcast(None)  # a barrier that also carries nothing
 
 

@@ -92,15 +92,9 @@ def main(
                                        rich_help_panel="Sampling"),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
-    quantization: str = typer.Option("none", help="none, or 4bit: QLoRA (NF4, double quantization, bf16 compute) "
-                                     "for bases too large for a bf16 copy; the adapter loads on the bf16 base. "
-                                     "The trainer then generates with transformers (trl#4973).",
-                                     rich_help_panel="Training"),
-    vllm_mode: str = typer.Option("colocate", help="TRL's vLLM on a GPU: colocate (an engine in each training "
-                                  "process) or server (`trl vllm-serve` on GPUs of its own, at "
-                                  "--vllm-server-url).", rich_help_panel="Sampling"),
-    vllm_server_url: str = typer.Option("", help="Base URL of `trl vllm-serve` for --vllm-mode server "
-                                        "(e.g. http://10.0.0.5:8000).", rich_help_panel="Sampling"),
+    quantization: str = grpo.QUANTIZATION,
+    vllm_mode: str = grpo.VLLM_MODE,
+    vllm_server_url: str = grpo.VLLM_SERVER_URL,
     hub_repo: str = typer.Option("", help="Also push the adapter to this Hub model repo (<ns>/<name>, private), "
                                  "branch iterNN; empty = local only. Token: HF_TOKEN or the Hub login.",
                                  rich_help_panel="Hub"),
@@ -165,12 +159,7 @@ def main(
         processes=artifacts.processes(),
         verifier_failures=grpo.summed(equivalence.failures()),  # every rank's: all "not equivalent"
     )
-
-    def publish() -> None:
-        artifacts.finish(partial, output, summary)
-        hub.push(output, target)
-
-    grpo.main_only(publish)
+    grpo.publish(partial, output, summary, target)
     artifacts.log(f"train_solver: iteration {iteration} done in {summary['seconds']:.0f} s | {len(rows)} questions | "
                   f"reward {summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
                   f"zero-variance groups {summary['zero_variance_share']:.0%} | "
