@@ -74,7 +74,6 @@ def main(
     from datasets import Dataset
     from tqdm import tqdm
 
-
     t0 = time.time()
     backend = generation.resolve_backend(backend)
     tokenizer = generation.load_tokenizer(base_model)

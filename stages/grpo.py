@@ -97,17 +97,27 @@ def gathered(items: list) -> list:
     return gather_object(list(items))
 
 
+def barrier() -> None:
+    """Every rank waits here for the others (nothing alone)."""
+    if artifacts.processes() > 1:
+        from accelerate import PartialState
+
+        _distributed()
+        PartialState().wait_for_everyone()
+
+
 def whole_batch(completions: list[str]) -> tuple[list[str], int]:
     """The reward batch of every rank together and where this rank's `completions` start in it: a
     reward over the whole batch (the Challenger's repetition penalty) is computed on it, and each
     rank keeps its own slice, so the values equal one process's on the same batch."""
-    sizes = gathered([len(completions)])
-    return gathered(completions), sum(sizes[: artifacts.rank()])
+    shares = gathered([list(completions)])  # one list per rank, in rank order
+    return [c for share in shares for c in share], sum(len(share) for share in shares[: artifacts.rank()])
 
 
 def summed(counts: dict[str, int]) -> dict[str, int]:
     """Counts (equivalence.failures()) added over the ranks: the whole stage's."""
-    return {key: sum(c[key] for c in gathered([counts])) for key in counts}
+    every = gathered([counts])
+    return {key: sum(c[key] for c in every) for key in counts}
 
 
 def start(stage: str, output: Path, overwrite: bool, target: dict | None) -> Path | None:
@@ -125,7 +135,7 @@ def publish(partial: Path, output: Path, summary: dict, target: dict | None) -> 
     if artifacts.rank() == 0:
         artifacts.finish(partial, output, summary)
         hub.push(output, target)
-    broadcast(None)  # a barrier that also carries nothing
+    barrier()
 
 
 def prompt_tokens(tokenizer, prompts: list[str]) -> int:
@@ -257,7 +267,7 @@ def train_lora(
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output, state_dict=state,
                                                                         selected_adapters=["default"])
         shutil.rmtree(output / "trainer", ignore_errors=True)
-    broadcast(None)  # the adapter is on disk before any rank goes on
+    barrier()  # the adapter is on disk before any rank goes on
     return history
 
 

@@ -109,7 +109,6 @@ def main(
 
     from tqdm import tqdm
 
-
     t0 = time.time()
     rows = [r for r in source.to_list() if r["question"]]
     distinct = list(dict.fromkeys(r["question"] for r in rows))

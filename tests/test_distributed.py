@@ -143,6 +143,17 @@ def test_the_challenger_stage_scores_its_shard_against_the_whole_batch(monkeypat
     assert rewards != rzero.challenger_rewards(completions[4:], solve, 4)[0]  # its shard alone differs
 
 
+def test_counts_are_summed_and_the_batch_joined_over_the_ranks(monkeypatch):
+    # what the collectives bring back (rank 1 of 2 here), turned into the stage's numbers
+    import grpo
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(grpo, "gathered", lambda items: [{"checked": 3, "failed": 1}, {"checked": 4, "failed": 0}]
+                        if isinstance(items[0], dict) else [["a", "b", "c"], ["d", "e"]])
+    assert grpo.summed({"checked": 4, "failed": 0}) == {"checked": 7, "failed": 1}
+    assert grpo.whole_batch(["d", "e"]) == (["a", "b", "c", "d", "e"], 3)
+
+
 def test_the_batch_check_counts_the_processes(monkeypatch, capsys):
     import grpo
 
