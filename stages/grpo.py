@@ -252,8 +252,8 @@ def train_lora(
     artifacts.log(f"GRPO: {total} completions scored by {artifacts.processes()} process(es) in {steps} steps "
                   f"({prompts_per_step} prompts x {group_size} completions per step)")
     if total != expected:
-        artifacts.fail(f"GRPO scored {total} completions in {steps} steps, not {expected} ({prompts_per_step} prompts x "
-                       f"{group_size} completions per step): the batch arithmetic across processes is wrong.")
+        artifacts.fail(f"GRPO scored {total} completions in {steps} steps, not {expected} ({prompts_per_step} "
+                       f"prompts x {group_size} completions per step): the batch arithmetic across processes is wrong.")
     if not moved:  # B still at its zero init (or a continued adapter unchanged)
         flat = all(h.get("frac_reward_zero_std", 0.0) >= 1.0 for h in history)
         if not flat:  # rewards differed, so gradients were nonzero: they never reached the adapter

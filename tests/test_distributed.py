@@ -55,7 +55,8 @@ def labeled(base: Path, out: Path) -> Path:
 
 def commits(hub, repo: str, branch: str) -> list[str]:
     proc = hub.python("import json, sys\nfrom huggingface_hub import HfApi\n"
-                      "print(json.dumps([c.title for c in HfApi().list_repo_commits(sys.argv[1], revision=sys.argv[2])]))",
+                      "commits = HfApi().list_repo_commits(sys.argv[1], revision=sys.argv[2])\n"
+                      "print(json.dumps([c.title for c in commits]))",
                       repo, branch)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -110,7 +111,8 @@ def test_the_cross_rank_penalty_equals_the_single_process_one():
 
     rng = random.Random(3)
     qs = [f"What is {rng.randint(0, 9)} + {rng.randint(0, 9)}?" for _ in range(5)]
-    completions = [f"<question>{rng.choice(qs)}</question>" if rng.random() < 0.85 else "no question" for _ in range(16)]
+    completions = [f"<question>{rng.choice(qs)}</question>" if rng.random() < 0.85 else "no question"
+                   for _ in range(16)]
 
     def solve(questions, n):  # deterministic: the vote's consistency depends on the question only
         return [[f"\\boxed{{{(len(q) + i) % 3}}}" for i in range(n)] for q in questions]
