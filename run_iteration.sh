@@ -16,7 +16,8 @@
 #            LABEL_SOURCE=truth (micro-world only: true labels instead of the vote, the upper bound)
 # Several GPUs:  DISTRIBUTED=ddp|zero3|fsdp2 NUM_PROCESSES=8 runs both training stages under
 #   `accelerate launch` (stages/accelerate/); QUANTIZATION=4bit trains on a QLoRA base; TRL_VLLM=server
-#   serves TRL's generation with `trl vllm-serve` on TRL_VLLM_GPUS while the trainers use TRAIN_GPUS.
+#   serves TRL's generation with `trl vllm-serve` on TRL_VLLM_GPUS while the trainers use TRAIN_GPUS;
+#   DATA_PARALLEL=8 generates and labels the questions in 8 shards, one process and engine per GPU.
 # The Hub as the artifact bus:  HUB_NAMESPACE=me bash run_iteration.sh
 #   every stage reads its inputs from the Hub and pushes its output there, into private repos
 #   me/<run>-challenger and me/<run>-solver (a branch per iteration) and me/<run>-questions (a config per
@@ -83,6 +84,7 @@ fi
 : "${TRL_VLLM:=colocate}"       # colocate | server: TRL's generation in each trainer, or `trl vllm-serve`
 : "${TRL_VLLM_GPUS:=}"          # CUDA_VISIBLE_DEVICES of `trl vllm-serve` (e.g. 7), GPUs the trainers do not use
 : "${TRL_VLLM_PORT:=8000}"      # port of that server
+: "${DATA_PARALLEL:=1}"         # --data-parallel of steps 2-3: shards, one process and engine per visible GPU
 
 case "$DISTRIBUTED" in none | ddp | zero3 | fsdp2) ;; *) echo "DISTRIBUTED=$DISTRIBUTED: use none, ddp, zero3 or fsdp2" >&2; exit 2 ;; esac
 case "$TRL_VLLM" in colocate | server) ;; *) echo "TRL_VLLM=$TRL_VLLM: use colocate or server" >&2; exit 2 ;; esac
@@ -129,7 +131,7 @@ if [[ "$BASE_MODEL" == micro ]]; then
   : "${EVAL_TASKS:=rzero_micro}"
 fi
 : "${EVAL_TASKS:=rzero_all}"
-log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM"
+log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM | generation x $DATA_PARALLEL"
 
 solver_pid=""
 stop_solver_server() {
@@ -249,6 +251,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --num-samples "$N" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
+    --data-parallel "$DATA_PARALLEL" \
     --hub-repo "$HUB_QUESTIONS"
 
   # 3-4. majority-vote pseudo-labels from the Solver of k-1, band filter |p - 1/2| <= delta
@@ -263,6 +266,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --label-source "$LABEL_SOURCE" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
+    --data-parallel "$DATA_PARALLEL" \
     --hub-repo "$HUB_QUESTIONS"
 
   # 5. the Solver of k learns the kept questions' pseudo-labels

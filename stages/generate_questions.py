@@ -9,6 +9,8 @@ Inputs are local folders or Hub references: hf://<ns>/<repo>@<revision> (see sta
 
 Method (DESIGN.md section 1, step 2): N samples of the fixed Challenger prompt at temperature 1.0,
 top_p 0.95; the question is the last non-empty <question>...</question> block of each.
+Several GPUs: --data-parallel n samples slices of the N in n processes, one per GPU, and merges them
+in order into the same artifact (stages/shards.py: resumable shard by shard).
 
 Examples:
   python stages/generate_questions.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
@@ -30,6 +32,7 @@ import artifacts
 import generation
 import hub
 import rzero
+import shards
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -54,6 +57,12 @@ def main(
     batch_size: int = typer.Option(generation.HF_BATCH_SIZE, help="Sequences per transformers generate call (hf "
                                    "backend; vllm and server take all N at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
+    data_parallel: int = typer.Option(1, min=1, help="Processes, one per visible GPU, each its own engine, over "
+                                      "slices of the N samples, merged in order (stages/shards.py); 1 = this one.",
+                                      rich_help_panel="Sampling"),
+    shard: str = typer.Option("", help="i/n: only slice i of n, into .<output>.shards/ (what --data-parallel n "
+                              "runs; by hand on machines sharing the folder, then --data-parallel n merges).",
+                              rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push the questions to this Hub dataset repo (<ns>/<name>, private) "
                                  "as config iterNN-raw; empty = local only. Token: HF_TOKEN or the Hub login.",
                                  rich_help_panel="Hub"),
@@ -61,34 +70,44 @@ def main(
     """Sample N Challenger completions and parse their questions."""
     args = dict(locals())
     artifacts.log(f"generate_questions: {args}")
+    shard = shards.parse(shard)
+    if shard and (hub_repo or data_parallel > 1):
+        artifacts.fail("--shard runs one slice for a merging run: pass --hub-repo and --data-parallel to that run.")
     target = hub.dataset_target(hub_repo, iteration, {"raw": "questions.parquet"})  # checks the token first
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = hub.base(base_model, inputs)
     challenger_adapter = hub.optional_input(challenger_adapter, "--challenger-adapter",
                                             "stages/train_challenger.py", inputs)
     artifacts.check_lineage(base_model, iteration, {"--challenger-adapter": (challenger_adapter, iteration)})
-    partial = hub.start("generate_questions", output, overwrite, target)
+    shard_flags = shards.flags(args)  # as given, hf:// references too: a shard run by hand elsewhere matches
+    partial = shards.begin(output, shard, shard_flags) if shard else hub.start("generate_questions", output,
+                                                                                 overwrite, target)
     if partial is None:
         return
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasets import Dataset
-    from tqdm import tqdm
 
     t0 = time.time()
-    backend = generation.resolve_backend(backend)
-    tokenizer = generation.load_tokenizer(base_model)
-    sample = generation.make_sampler(
-        base_model, challenger_adapter, backend=backend, server_url=server_url, batch_size=batch_size,
-        seed=seed, sampling=generation.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
-    )
-    prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
-    per_call = batch_size if backend == "hf" else num_samples  # vLLM schedules all N itself; fresh seeds per call
-    completions: list[str] = []
-    with tqdm(total=num_samples, desc="generate", unit="sample") as bar:
-        while len(completions) < num_samples:
-            chunk = min(per_call, num_samples - len(completions))
-            completions += sample([prompt], chunk)[0]
-            bar.update(chunk)
+    if data_parallel > 1:  # the shards sample; this process merges their rows in order
+        folders = shards.run("generate_questions", output, data_parallel, shard_flags, overwrite)
+        completions = [c for f in folders for c in pq.read_table(f / "questions.parquet")["completion"].to_pylist()]
+        backend = artifacts.read_summary(folders[0])["backend"]
+    else:
+        backend = generation.resolve_backend(backend)
+        start, stop, first_call = shards.work(num_samples, batch_size if backend == "hf" else 1, shard)
+        completions = sample_questions(base_model, challenger_adapter, stop - start, backend, server_url, batch_size,
+                                       shards.seed(seed, shard, backend), first_call,
+                                       generation.Sampling(temperature=temperature, top_p=top_p,
+                                                           max_new_tokens=max_new_tokens))
+    if shard:
+        pq.write_table(pa.table(dict(completion=pa.array(completions, pa.string()))), partial / "questions.parquet")
+        artifacts.finish(partial, shards.folder(output, *shard), dict(flags=shard_flags, backend=backend,
+                                                                       samples=len(completions)))
+        artifacts.log(f"generate_questions: shard {shard[0]}/{shard[1]} done in {time.time() - t0:.0f} s | "
+                      f"samples {start}..{stop - 1}")
+        return
     questions = [rzero.extract_question(c) for c in completions]
     Dataset.from_dict(dict(sample_id=list(range(num_samples)), completion=completions, question=questions)) \
         .to_parquet(str(partial / "questions.parquet"))
@@ -98,14 +117,35 @@ def main(
         stage="generate_questions", iteration=iteration, base_identity=artifacts.base_identity(base_model),
         args={k: str(v) for k, v in args.items()}, inputs=inputs,
         challenger="base (control)" if not challenger_adapter else args["challenger_adapter"],
-        backend=backend, num_samples=num_samples, parsed=len(parsed), parse_rate=len(parsed) / num_samples,
-        distinct=len(set(parsed)), seconds=round(time.time() - t0, 1),
+        backend=backend, data_parallel=data_parallel, num_samples=num_samples, parsed=len(parsed),
+        parse_rate=len(parsed) / num_samples, distinct=len(set(parsed)), seconds=round(time.time() - t0, 1),
     )
     artifacts.finish(partial, output, summary)
+    shards.clear(output)
     hub.push(output, target)
     artifacts.log(f"generate_questions: iteration {iteration} done in {summary['seconds']:.0f} s | "
                   f"{num_samples} samples, {len(parsed)} questions ({summary['parse_rate']:.0%}), "
                   f"{summary['distinct']} distinct | {output}")
+
+
+def sample_questions(base_model, challenger_adapter, count, backend, server_url, batch_size, seed, first_call,
+                     sampling) -> list[str]:
+    """`count` completions of the Challenger prompt, batch_size per transformers call (vLLM and a
+    server schedule all of them themselves: one call, fresh seeds per sequence)."""
+    from tqdm import tqdm
+
+    tokenizer = generation.load_tokenizer(base_model)
+    sample = generation.make_sampler(base_model, challenger_adapter, backend=backend, server_url=server_url,
+                                     batch_size=batch_size, seed=seed, first_call=first_call, sampling=sampling)
+    prompt = rzero.render_prompt(tokenizer, rzero.challenger_messages())
+    per_call = batch_size if backend == "hf" else count
+    completions: list[str] = []
+    with tqdm(total=count, desc="generate", unit="sample") as bar:
+        while len(completions) < count:
+            chunk = min(per_call, count - len(completions))
+            completions += sample([prompt], chunk)[0]
+            bar.update(chunk)
+    return completions
 
 
 if __name__ == "__main__":

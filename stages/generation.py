@@ -154,17 +154,18 @@ def resolve_backend(backend: str) -> str:
 
 
 def make_sampler(base: str, adapter: str | None, sampling: Sampling, backend: str = "auto",
-                 server_url: str | None = None, batch_size: int = HF_BATCH_SIZE, seed: int = 0,
+                 server_url: str | None = None, batch_size: int = HF_BATCH_SIZE, seed: int = 0, first_call: int = 0,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None):
     """`sample(prompts, n)`: n completions (text, special tokens removed) for each prompt.
     backend: 'hf' (transformers, batch_size sequences per generate call), 'vllm' (in-process; the
     engine's share of GPU memory and its context length, None = vLLM's defaults of 0.92 and the
     model's), 'server' (OpenAI-compatible completions API at server_url, the adapter served under the
     model name 'adapter'), 'auto' = vllm when it is importable and a GPU is present, else hf.
-    seed: of the hf generator or the vLLM engine (a server has its own --seed); never sent per request."""
+    seed: of the hf generator or the vLLM engine (a server has its own --seed); never sent per request.
+    first_call: hf only, start at the seed of that generate call (a shard of a stage, stages/shards.py)."""
     backend = resolve_backend(backend)
     if backend == "hf":
-        return _hf_sampler(base, adapter, sampling, batch_size, seed)
+        return _hf_sampler(base, adapter, sampling, batch_size, seed, first_call)
     if backend == "vllm":
         return _vllm_sampler(base, adapter, sampling, seed, gpu_memory_utilization, max_model_len)
     if not server_url:
@@ -182,20 +183,21 @@ def _vllm_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def _hf_sampler(base, adapter, sampling, batch_size, seed):
+def _hf_sampler(base, adapter, sampling, batch_size, seed, first_call):
     model = load_model(base, adapter).eval()
     if adapter:
         model = model.merge_and_unload()  # same outputs, faster generation
-    return hf_sample_fn(model, load_tokenizer(base), sampling, batch_size, seed)
+    return hf_sample_fn(model, load_tokenizer(base), sampling, batch_size, seed, first_call)
 
 
-def hf_sample_fn(model, tokenizer, sampling: Sampling, batch_size: int = 64, seed: int = 0):
+def hf_sample_fn(model, tokenizer, sampling: Sampling, batch_size: int = 64, seed: int = 0, first_call: int = 0):
     """`sample(prompts, n)` with transformers `generate` on a loaded model: batch_size sequences
     per call (batch_size // n prompts), a fresh seed drawn for each call from one generator
-    seeded with `seed`, temperature 0 = greedy."""
+    seeded with `seed` (the first `first_call` draws skipped), temperature 0 = greedy."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
+    torch.randint(0, 2**31 - 1, (first_call,), generator=generator)  # the draws of the calls before this shard
     greedy = sampling.temperature == 0
     stop = stop_token_ids(tokenizer, model.generation_config)  # not only generation_config's EOS
 

@@ -6,8 +6,9 @@ k-1 (none for k = 1: the base answers).
 Writes: `labeled.parquet` (one row per parsed question: the m answers, vote counts, pseudo-label,
 consistency, kept flag, and where the micro-world's safe evaluator can score the question, the
 true answer and whether the pseudo-label equals it), `train.parquet` (the kept rows: question,
-label, consistency), `summary.json`, `DONE`; with --hub-repo also configs iterNN-labeled and
-iterNN-train of that Hub dataset repo (then their completion markers summaries/<config>.json, the card).
+label, consistency), with --probe `probe.parquet` (the probe's votes), `summary.json`, `DONE`; with
+--hub-repo also configs iterNN-labeled, iterNN-train (and iterNN-probe) of that Hub dataset repo (then
+their completion markers summaries/<config>.json, the card).
 Inputs are local folders or Hub references: --questions hf://datasets/<ns>/<repo>/iterNN-raw,
 --solver-adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
 
@@ -18,6 +19,11 @@ answers in m. Kept: |p - 1/2| <= delta (for m = 10, delta = 0.25 keeps 3-7 agree
 a non-empty label, and the first copy of an exactly repeated question only.
 `--label-source truth` puts the safe evaluator's exact answer in place of y for the kept rows
 (questions it cannot score are dropped): the upper bound of the loop, micro-world only.
+--probe votes a small gold-labeled set (GSM8K's and MATH's training splits, say) with the same Solver,
+m and band, and reports its pseudo-label accuracy and consistency: label decay, measured on any model
+(stages/probe.py).
+Several GPUs: --data-parallel n votes slices of the distinct questions in n processes, one per GPU,
+and merges them in order into the same artifact (stages/shards.py: resumable shard by shard).
 
 Examples:
   python stages/label_questions.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
@@ -28,6 +34,8 @@ Examples:
   python stages/label_questions.py --base-model ~/.cache/rzero/micro-0123abcd --iteration 2 \\
       --questions hf://datasets/me/demo-questions/iter02-raw --solver-adapter hf://me/demo-solver@iter01 \\
       --output runs/demo/iter02/labeled --hub-repo me/demo-questions
+  python stages/label_questions.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
+      --questions runs/q4b/iter01/questions --output runs/q4b/iter01/labeled --data-parallel 8
 """
 
 import time
@@ -41,7 +49,9 @@ import equivalence
 import generation
 import hub
 import microworld
+import probe as gold_probe
 import rzero
+import shards
 
 COLUMNS = {"sample_id", "completion", "question"}
 
@@ -66,6 +76,12 @@ def main(
                                 rich_help_panel="Method"),
     label_source: str = typer.Option("vote", help="vote: the majority answer (the method); truth: the safe "
                                      "evaluator's answer (micro-world upper bound).", rich_help_panel="Method"),
+    probe: list[str] = typer.Option([], help="A gold-labeled probe set, voted like the questions and never trained "
+                                    "on: a .jsonl/.json/.parquet file or <dataset>[:<config>]:<split> (e.g. "
+                                    "openai/gsm8k:main:train); repeat for several; none = off.",
+                                    rich_help_panel="Method"),
+    probe_size: int = typer.Option(200, min=1, help="Rows per probe set: a fixed-seed sample, the same in every "
+                                   "iteration.", rich_help_panel="Method"),
     max_new_tokens: int = typer.Option(4096, help="Max tokens per Solver answer.", rich_help_panel="Sampling"),
     top_k: int = typer.Option(40, help="top-k of the Solver's sampling (reference server: 40; 0 = off).",
                               rich_help_panel="Sampling"),
@@ -74,6 +90,12 @@ def main(
     batch_size: int = typer.Option(generation.HF_BATCH_SIZE, help="Sequences per transformers generate call (hf "
                                    "backend; vllm and server take every question at once).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Sampling seed.", rich_help_panel="Sampling"),
+    data_parallel: int = typer.Option(1, min=1, help="Processes, one per visible GPU, each its own engine, over "
+                                      "slices of the distinct questions, merged in order (stages/shards.py); "
+                                      "1 = this one.", rich_help_panel="Sampling"),
+    shard: str = typer.Option("", help="i/n: only slice i of n, into .<output>.shards/ (what --data-parallel n "
+                              "runs; by hand on machines sharing the folder, then --data-parallel n merges).",
+                              rich_help_panel="Sampling"),
     hub_repo: str = typer.Option("", help="Also push to this Hub dataset repo (<ns>/<name>, private) as configs "
                                  "iterNN-labeled and iterNN-train; empty = local only. Token: HF_TOKEN or the Hub "
                                  "login.", rich_help_panel="Hub"),
@@ -83,7 +105,11 @@ def main(
     artifacts.log(f"label_questions: {args}")
     if label_source not in ("vote", "truth"):
         artifacts.fail(f"--label-source must be 'vote' or 'truth', not {label_source!r}.")
-    target = hub.dataset_target(hub_repo, iteration, {"labeled": "labeled.parquet", "train": "train.parquet"})
+    shard = shards.parse(shard)
+    if shard and (hub_repo or data_parallel > 1):
+        artifacts.fail("--shard runs one slice for a merging run: pass --hub-repo and --data-parallel to that run.")
+    target = hub.dataset_target(hub_repo, iteration, {"labeled": "labeled.parquet", "train": "train.parquet",
+                                                      **({"probe": "probe.parquet"} if probe else {})})
     inputs = {}  # where each input came from (a Hub reference with its commit), for summary.json
     base_model = hub.base(base_model, inputs)
     questions = hub.input(questions, "--questions", "stages/generate_questions.py", inputs)
@@ -103,35 +129,52 @@ def main(
     if not any(source["question"]):
         artifacts.fail(f"{questions} holds no parsed question in {source.num_rows} samples: nothing to label. "
                        "Check the Challenger (its format rate in summary.json) or generate more (--num-samples).")
-    partial = hub.start("label_questions", output, overwrite, target)
+    probe_rows = [] if shard else [r for spec in probe for r in gold_probe.load(spec, probe_size)]
+    # as given, hf:// references too, so that a shard run by hand elsewhere matches; the probe is this process's
+    shard_flags = shards.flags(args, skip=("probe", "probe_size"))
+    partial = shards.begin(output, shard, shard_flags) if shard else hub.start("label_questions", output,
+                                                                                 overwrite, target)
     if partial is None:
         return
 
-    from tqdm import tqdm
+    import pyarrow.parquet as pq
 
     t0 = time.time()
     rows = [r for r in source.to_list() if r["question"]]
     distinct = list(dict.fromkeys(r["question"] for r in rows))
-    backend = generation.resolve_backend(backend)
     tokenizer = generation.load_tokenizer(base_model)
-    sample = generation.make_sampler(
-        base_model, solver_adapter, backend=backend, server_url=server_url, batch_size=batch_size, seed=seed,
-        sampling=generation.Sampling(temperature=1.0, top_p=1.0, top_k=top_k, max_new_tokens=max_new_tokens),
-    )
-    votes: dict[str, dict] = {}
-    chunk = max(1, batch_size // m) if backend == "hf" else len(distinct)  # vLLM: one list, it schedules the batches
-    for i in tqdm(range(0, len(distinct), chunk), desc="label", unit="batch"):
-        batch = distinct[i : i + chunk]
-        outputs = sample([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in batch], m)
-        answers_of = [[rzero.last_boxed(t) for t in texts] for texts in outputs]
-        for q, answers, grouped in zip(batch, answers_of, equivalence.group_answers_many(answers_of)):
-            label, p = rzero.vote(answers, grouped)
-            groups = Counter(g for g in grouped if g >= 0)
-            truth = microworld.evaluate_arithmetic(q)
-            true_answer = microworld.format_number(truth) if truth is not None else None
-            votes[q] = dict(answers=answers, votes=sorted(groups.values(), reverse=True), label=label, consistency=p,
-                            true_answer=true_answer,
-                            label_correct=equivalence.is_equivalent(true_answer, label) if truth is not None else None)
+    sampling = generation.Sampling(temperature=1.0, top_p=1.0, top_k=top_k, max_new_tokens=max_new_tokens)
+    sample, from_shards = None, {k: 0 for k in equivalence.FAILURE_KEYS}
+    if data_parallel > 1:  # the shards vote; this process merges their votes in order
+        folders = shards.run("label_questions", output, data_parallel, shard_flags, overwrite)
+        votes = {r.pop("question"): r for f in folders for r in pq.read_table(f / "votes.parquet").to_pylist()}
+        summaries = [artifacts.read_summary(f) for f in folders]
+        backend = summaries[0]["backend"]
+        from_shards = {k: sum(s["verifier_failures"][k] for s in summaries) for k in from_shards}
+    else:
+        backend = generation.resolve_backend(backend)
+    # hf: batches of batch_size // m questions (one generate call each); vLLM and a server take a slice at once
+    per_call = max(1, batch_size // m) if backend == "hf" else None
+    if data_parallel == 1:
+        start, stop, first_call = shards.work(len(distinct), per_call or 1, shard)
+        sample = generation.make_sampler(base_model, solver_adapter, sampling, backend=backend, server_url=server_url,
+                                         batch_size=batch_size, seed=shards.seed(seed, shard, backend),
+                                         first_call=first_call)
+        votes = vote(distinct[start:stop], sample, tokenizer, m, per_call)
+    if probe_rows:  # after the shards have exited, so that an engine of this process fits beside nothing
+        sample = sample or generation.make_sampler(base_model, solver_adapter, sampling, backend=backend,
+                                                   server_url=server_url, batch_size=batch_size, seed=seed)
+        probe_rows = voted_probe(probe_rows, vote([r["question"] for r in probe_rows], sample, tokenizer, m, per_call),
+                                 delta)
+    failures = {k: equivalence.failures()[k] + from_shards[k] for k in from_shards}
+    if shard:
+        write_votes(votes, partial / "votes.parquet")
+        artifacts.finish(partial, shards.folder(output, *shard), dict(flags=shard_flags, backend=backend,
+                                                                       questions=len(votes),
+                                                                       verifier_failures=failures))
+        artifacts.log(f"label_questions: shard {shard[0]}/{shard[1]} done in {time.time() - t0:.0f} s | distinct "
+                      f"questions {start}..{stop - 1} | {equivalence.failure_note(failures)}")
+        return
 
     seen: set[str] = set()
     labeled = []
@@ -147,6 +190,8 @@ def main(
                   consistency=r["consistency"]) for r in labeled if r["kept"]]
     Dataset.from_list(labeled).to_parquet(str(partial / "labeled.parquet"))
     write_train(train, partial / "train.parquet")
+    if probe_rows:
+        Dataset.from_list(probe_rows).to_parquet(str(partial / "probe.parquet"))
 
     unique = [r for r in labeled if not r["repeat"]]
     scored = [r for r in unique if r["label_correct"] is not None]
@@ -168,15 +213,72 @@ def main(
             / max(1, sum(round(r["consistency"] * m) == k for r in scored)) for k in sorted(histogram)
         } if scored else None,
         label_source=label_source, seconds=round(time.time() - t0, 1),
-        verifier_failures=equivalence.failures(),  # timeouts, dead workers, screened answers: all "not equivalent"
+        data_parallel=data_parallel, probe=gold_probe.scores(probe_rows) if probe_rows else None,
+        verifier_failures=failures,  # timeouts, dead workers, screened answers: all "not equivalent"
     )
     artifacts.finish(partial, output, summary)
+    shards.clear(output)
     hub.push(output, target)
     accuracy = summary["kept_pseudo_label_accuracy"]
     artifacts.log(f"label_questions: iteration {iteration} done in {summary['seconds']:.0f} s | {len(unique)} distinct "
                   f"questions, kept {len(train)} | mean p {summary['consistency_mean']:.2f} | kept label accuracy "
-                  f"{'n/a' if accuracy is None else f'{accuracy:.0%}'} | "
+                  f"{'n/a' if accuracy is None else f'{accuracy:.0%}'} | {probe_note(summary['probe'])}"
                   f"{equivalence.failure_note(summary['verifier_failures'])} | {output}")
+
+
+def vote(questions: list[str], sample, tokenizer, m: int, per_call: int | None) -> dict[str, dict]:
+    """Each question's m answers, vote counts, pseudo-label y, consistency p, and (where the
+    micro-world's safe evaluator can score it) the true answer and whether y equals it; per_call
+    questions per sampler call (None: all at once)."""
+    from tqdm import tqdm
+
+    votes: dict[str, dict] = {}
+    per_call = per_call or max(1, len(questions))
+    for i in tqdm(range(0, len(questions), per_call), desc="label", unit="batch"):
+        batch = questions[i : i + per_call]
+        outputs = sample([rzero.render_prompt(tokenizer, rzero.solver_messages(q)) for q in batch], m)
+        answers_of = [[rzero.last_boxed(t) for t in texts] for texts in outputs]
+        for q, answers, grouped in zip(batch, answers_of, equivalence.group_answers_many(answers_of)):
+            label, p = rzero.vote(answers, grouped)
+            groups = Counter(g for g in grouped if g >= 0)
+            truth = microworld.evaluate_arithmetic(q)
+            true_answer = microworld.format_number(truth) if truth is not None else None
+            votes[q] = dict(answers=answers, votes=sorted(groups.values(), reverse=True), label=label, consistency=p,
+                            true_answer=true_answer,
+                            label_correct=equivalence.is_equivalent(true_answer, label) if truth is not None else None)
+    return votes
+
+
+def voted_probe(rows: list[dict], votes: dict[str, dict], delta: float) -> list[dict]:
+    """The probe's rows with the Solver's vote: answers, pseudo-label y, consistency p, whether p is in
+    the band |p - 1/2| <= delta, and whether y equals the gold answer."""
+    out = []
+    for r in rows:
+        v = votes[r["question"]]
+        out.append(dict(**r, answers=v["answers"], votes=v["votes"], label=v["label"], consistency=v["consistency"],
+                        in_band=rzero.in_band(v["consistency"], delta),
+                        label_correct=bool(v["label"]) and equivalence.is_equivalent(r["gold"], v["label"])))
+    return out
+
+
+def probe_note(scores: dict | None) -> str:
+    """The closing-line fragment of the probe ('' when it is off)."""
+    if scores is None:
+        return ""
+    band = scores["band_pseudo_label_accuracy"]
+    return (f"probe label accuracy {scores['pseudo_label_accuracy']:.0%} (in band "
+            f"{'n/a' if band is None else f'{band:.0%}'}), mean p {scores['consistency_mean']:.2f} | ")
+
+
+def write_votes(votes: dict[str, dict], path: Path) -> None:
+    """A shard's votes, one row per question, with their schema even for an empty shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("question", pa.string()), ("answers", pa.list_(pa.string())), ("votes", pa.list_(pa.int64())),
+                        ("label", pa.string()), ("consistency", pa.float64()), ("true_answer", pa.string()),
+                        ("label_correct", pa.bool_())])
+    pq.write_table(pa.Table.from_pylist([dict(question=q, **v) for q, v in votes.items()], schema=schema), path)
 
 
 def share_correct(rows: list[dict]) -> float | None:

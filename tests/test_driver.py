@@ -68,10 +68,12 @@ def test_driver_resumes_after_a_kill_inside_each_stage(quick_base, tmp_path):
 
 def test_the_control_is_one_knob_and_an_old_knob_name_still_works(quick_base, tmp_path):
     # CHALLENGER=base: no Challenger is trained, the untrained base writes the questions (the paper's
-    # "Base Challenger"); LABELS, the old name of LABEL_SOURCE, still works for one release, with a notice
+    # "Base Challenger"); LABELS, the old name of LABEL_SOURCE, still works for one release, with a notice;
+    # DATA_PARALLEL=2 generates and labels in two shards (their rows: tests/test_shards.py)
     proc = subprocess.run(["bash", str(ROOT / "run_iteration.sh")], cwd=ROOT, capture_output=True, text=True,
                           env=env(BASE_MODEL=str(quick_base), RUNS_DIR=str(tmp_path), PYTHON=os.sys.executable,
-                                  **{**KNOBS, "CHALLENGER": "base", "LABELS": "vote"}), timeout=900)
+                                  **{**KNOBS, "CHALLENGER": "base", "LABELS": "vote", "DATA_PARALLEL": "2"}),
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "LABELS is renamed LABEL_SOURCE" in proc.stderr
     it = tmp_path / "t" / "iter01"
@@ -81,6 +83,8 @@ def test_the_control_is_one_knob_and_an_old_knob_name_still_works(quick_base, tm
     # the knob reached the stage under its old name (LABEL_SOURCE=truth itself is test_method's: the quick
     # base's questions are rarely scorable arithmetic, so a truth run here would keep nothing)
     assert labeled["label_source"] == "vote" and (it / "solver" / "DONE").is_file()
+    assert labeled["data_parallel"] == 2
+    assert json.loads((it / "questions" / "summary.json").read_text())["data_parallel"] == 2
 
 
 @pytest.mark.parametrize("knob, value, message", [

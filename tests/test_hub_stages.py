@@ -60,9 +60,10 @@ def driver(hub, logs, base, runs, **extra):
 
 @pytest.fixture(scope="module")
 def first(hub, quick_base, logs, tmp_path_factory) -> dict:
-    """One driver iteration with the Hub on; its local artifacts stay for comparison."""
+    """One driver iteration with the Hub on, questions and labels in two shards that read their inputs
+    from the Hub themselves; its local artifacts stay for comparison."""
     runs = tmp_path_factory.mktemp("machine1") / "runs"
-    proc = driver(hub, logs, quick_base, runs)
+    proc = driver(hub, logs, quick_base, runs, DATA_PARALLEL="2")
     return dict(runs=runs, it=runs / RUN / "iter01", out=proc.stderr, base=quick_base)
 
 
@@ -173,6 +174,7 @@ def test_a_driver_iteration_puts_every_artifact_on_the_hub(first, hub, logs):
     assert f"| questions | {solver['questions']} |" in card
     assert solver["command"] in card and "--hub-repo" in solver["command"]
     labeled = json.loads((it / "labeled" / "summary.json").read_text())
+    assert labeled["data_parallel"] == 2 and labeled["inputs"]["--questions"]["ref"].startswith("hf://datasets/")
     questions_card = state["questions"]["card"]
     assert "configs:" in questions_card  # datasets' front matter is kept
     assert "## iter01-labeled" in questions_card and "## iter01-raw" in questions_card

@@ -18,6 +18,15 @@ SCRIPTED = {  # question -> the Solver's m = 10 answers, in the order it gives t
     "What is 5 + 5?": ["11", "10", "11", "10", "11", "10", "11", "1", "2", "3"],  # majority 11 (wrong) at p = 0.4
     "What is 6 + 6?": [None] * 6 + ["12"] * 4,  # 4 of 10 box an answer: p = 0.4 counts the empty ones
 }
+FORMS = {  # answers that only math-verify can group (the vote's exact paths cannot): its checks are counted
+    "What is 1 / 2?": ["1/2", "0.5", "\\frac{1}{2}", "0.50", "2", "1/2", "3", "0.5", "x", "1"],
+}
+PROBE = {  # the gold probe's rows (tests/fixtures/benchmarks, in GSM8K's and MATH's train schemas) -> answers
+    "Natalia sold clips": ["72"] * 6 + ["48", "24", "96", "70"],  # gold 72: right, p = 0.6, in the band
+    "Weng earns $12": ["10"] * 10,  # gold 10: right, p = 1.0, outside
+    "How many vertical asymptotes": ["3"] * 5 + ["2"] * 4 + [None],  # gold 2 (the boxed solution): wrong, p = 0.5
+    "What is the value of $\\sqrt{36": ["12"] * 8 + ["6", "4"],  # gold 12: right, p = 0.8, outside
+}
 QUESTION_OF_PROMPT = "<|im_start|>user\n"
 
 
@@ -33,7 +42,8 @@ class ScriptedSolver(BaseHTTPRequestHandler):
         choices = []
         for i, prompt in enumerate(prompts):
             question = prompt.split(QUESTION_OF_PROMPT)[-1].split("<|im_end|>")[0]
-            answers = SCRIPTED.get(question, ["0"] * body["n"])
+            answers = {**SCRIPTED, **FORMS}.get(question) or next(
+                (a for start, a in PROBE.items() if question.startswith(start)), ["0"] * body["n"])
             for j in range(body["n"]):
                 a = answers[j % len(answers)]
                 text = "no answer" if a is None else f"Step by step: ...\n\\boxed{{{a}}}"
@@ -134,11 +144,14 @@ def test_the_solver_reward(text, label, expected):
 
 @pytest.fixture(scope="module")
 def scripted_questions(tmp_path_factory):
+    questions = list(SCRIPTED) + ["What is 1 + 1?", None]  # an exact repeat, and a sample without a question
+    return questions_artifact(tmp_path_factory.mktemp("questions") / "questions", questions)
+
+
+def questions_artifact(folder, questions):
     from datasets import Dataset
 
-    folder = tmp_path_factory.mktemp("questions") / "questions"
     folder.mkdir()
-    questions = list(SCRIPTED) + ["What is 1 + 1?", None]  # an exact repeat, and a sample without a question
     Dataset.from_dict(dict(sample_id=list(range(len(questions))), completion=[completion(q) for q in questions],
                            question=questions)).to_parquet(str(folder / "questions.parquet"))
     (folder / "summary.json").write_text(json.dumps({"iteration": 1}))
@@ -183,3 +196,73 @@ def test_true_labels_replace_the_vote_for_the_upper_bound(quick_base, scripted_q
         ("What is 1 + 1?", "2"), ("What is 3 + 3?", "6"), ("What is 5 + 5?", "10"), ("What is 6 + 6?", "12")]
     assert summary["label_source"] == "truth"
     assert summary["trained_label_accuracy"] == 1.0 and summary["kept_pseudo_label_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_two_label_shards_give_one_process_votes_and_verifier_counts(quick_base, scripted_questions, solver_url,
+                                                                     tmp_path):
+    # the same scripted Solver answers both shards (4 and 3 distinct questions), so every row must be the same, and the
+    # verifier's counts of the merged summary are the two shards' together
+    questions = questions_artifact(tmp_path / "questions", list(SCRIPTED) + list(FORMS) + ["What is 1 + 1?"])
+    one = label(quick_base, questions, tmp_path / "one", solver_url)
+    two = label(quick_base, questions, tmp_path / "two", solver_url, "--data-parallel", "2")
+    assert one[0][6]["label"] == "1/2" and one[0][6]["consistency"] == 0.6  # 1/2, 0.5, \frac{1}{2}, 0.50 alike
+    assert two[0] == one[0] and two[1] == one[1]
+    assert two[2]["verifier_failures"] == one[2]["verifier_failures"] and one[2]["verifier_failures"]["checked"] > 0
+    assert (two[2]["data_parallel"], one[2]["data_parallel"]) == (2, 1)
+    assert {k: two[2][k] for k in ("kept", "distinct", "pseudo_label_accuracy", "consistency_histogram")} == \
+        {k: one[2][k] for k in ("kept", "distinct", "pseudo_label_accuracy", "consistency_histogram")}
+
+
+def test_the_gold_probe_measures_label_accuracy_and_consistency(quick_base, scripted_questions, solver_url, tmp_path):
+    # two probe sets in the real schemas (GSM8K's "#### 72", MATH's boxed solution), voted like the questions
+    from stage_helpers import ROOT
+
+    fixtures = ROOT / "tests" / "fixtures" / "benchmarks"
+    sets = [f"{fixtures}/openai/gsm8k:main:train", f"{fixtures}/EleutherAI/hendrycks_math:algebra:train"]
+    labeled, train, summary = label(quick_base, scripted_questions, tmp_path / "labeled", solver_url,
+                                    "--probe", sets[0], "--probe", sets[1])
+    got = summary["probe"]
+    assert got["questions"] == 4 and got["pseudo_label_accuracy"] == pytest.approx(3 / 4)
+    assert got["band_pseudo_label_accuracy"] == pytest.approx(1 / 2)  # Natalia right, the asymptotes wrong
+    assert got["consistency_mean"] == pytest.approx((0.6 + 1.0 + 0.5 + 0.8) / 4) and got["band_share"] == 0.5
+    assert got["sets"][sets[0]] == dict(questions=2, pseudo_label_accuracy=1.0, band_pseudo_label_accuracy=1.0,
+                                        consistency_mean=pytest.approx(0.8), band_share=0.5)
+    math = got["sets"][sets[1]]
+    assert math["pseudo_label_accuracy"] == 0.5 and math["band_pseudo_label_accuracy"] == 0
+    from datasets import Dataset
+
+    rows = {r["question"][:8]: r for r in Dataset.from_parquet(str(tmp_path / "labeled" / "probe.parquet")).to_list()}
+    assert (rows["How many"]["gold"], rows["How many"]["label"], rows["How many"]["in_band"]) == ("2", "3", True)
+    # the probe is never trained on, and leaves the questions' own numbers as they were
+    assert not {r["question"] for r in train} & {r["question"] for r in rows.values()}
+    plain = label(quick_base, scripted_questions, tmp_path / "plain", solver_url)
+    assert plain[1] == train and plain[2]["probe"] is None
+    assert (plain[2]["kept"], plain[2]["pseudo_label_accuracy"]) == (summary["kept"], summary["pseudo_label_accuracy"])
+    # --probe-size draws a fixed sample of each set
+    small, again = (label(quick_base, scripted_questions, tmp_path / name, solver_url, "--probe", sets[0],
+                          "--probe-size", "1") for name in ("small", "again"))
+    assert small[2]["probe"]["questions"] == 1 and small[2]["probe"] == again[2]["probe"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("openai/gsm8k", "use a file, <dataset>:<split> or <dataset>:<config>:<split>"),
+    ("probe.txt", "a file must be .jsonl, .json or .parquet"),
+])
+def test_a_bad_probe_is_refused_before_any_work(quick_base, scripted_questions, tmp_path, spec, message):
+    (tmp_path / "probe.txt").write_text("x")
+    proc = run("label_questions", "--base-model", quick_base, "--iteration", "1", "--questions", scripted_questions,
+               "--output", tmp_path / "labeled", "--probe", spec.replace("probe.txt", str(tmp_path / "probe.txt")),
+               check=False)
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "labeled").exists()
+
+
+def test_probe_rows_are_read_by_schema():
+    import probe
+
+    assert probe.question_and_gold(dict(question="q", answer="work\n#### 1,000")) == ("q", "1000")  # GSM8K
+    assert probe.question_and_gold(dict(question="q", answer="#### 18")) == ("q", "18")
+    assert probe.question_and_gold(dict(problem="p", solution="so \\boxed{\\frac{1}{2}}.")) == ("p", "\\frac{1}{2}")
+    assert probe.question_and_gold(dict(problem="p", answer="3", solution="\\boxed{4}")) == ("p", "3")  # MATH-500
+    assert probe.question_and_gold(dict(question="q", final_answer=["$69$"])) == ("q", "$69$")  # OlympiadBench
+    assert probe.question_and_gold(dict(question="q")) is None  # no gold: not a probe row
+    assert probe.question_and_gold(dict(text="x", answer="1")) is None  # no question

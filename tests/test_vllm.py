@@ -154,3 +154,24 @@ def test_challenger_grpo_with_vllm_colocate(quick_base, tmp_path):
         *TINY["challenger"], "--backend", "vllm")
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["steps"] == 2 and (tmp_path / "c" / "DONE").is_file()
+
+
+def test_two_vllm_shards_are_two_engines_that_never_repeat_each_other(base, solver, tmp_path):
+    # each shard is its own engine on its own slice; seeded seed * n + i, so the shards' samples differ
+    # (one seed for both would repeat every completion), and the merged artifact has one process's layout
+    import pyarrow.parquet as pq
+
+    common = ["--base-model", base, "--iteration", "2", "--max-new-tokens", "48", "--backend", "vllm"]
+    proc = run("generate_questions", *common, "--output", tmp_path / "q", "--num-samples", "60", "--data-parallel", "2")
+    rows = pq.read_table(tmp_path / "q" / "questions.parquet").to_pylist()
+    assert [r["sample_id"] for r in rows] == list(range(60))
+    first, second = [r["completion"] for r in rows[:30]], [r["completion"] for r in rows[30:]]
+    assert len(set(first) & set(second)) <= 1 and len(set(first + second)) >= 57
+    assert "shard 0/2 on" in proc.stderr and "shard 1/2 on" in proc.stderr
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["backend"] == "vllm" and summary["data_parallel"] == 2 and summary["num_samples"] == 60
+    run("label_questions", *common, "--questions", tmp_path / "q", "--solver-adapter", solver, "--m", "10",
+        "--output", tmp_path / "labeled", "--data-parallel", "2")
+    labeled = json.loads((tmp_path / "labeled" / "summary.json").read_text())
+    assert labeled["data_parallel"] == 2 and labeled["distinct"] == summary["distinct"]
+    assert sum(labeled["consistency_histogram"].values()) == labeled["distinct"]
