@@ -85,6 +85,8 @@ fi
 : "${TRL_VLLM_GPUS:=}"          # CUDA_VISIBLE_DEVICES of `trl vllm-serve` (e.g. 7), GPUs the trainers do not use
 : "${TRL_VLLM_PORT:=8000}"      # port of that server
 : "${DATA_PARALLEL:=1}"         # --data-parallel of steps 2-3: shards, one process and engine per visible GPU
+: "${PROBE:=}"                  # gold probe sets of step 3, space-separated (openai/gsm8k:main:train ...); empty = off
+: "${PROBE_SIZE:=200}"          # rows per probe set, the same fixed-seed sample in every iteration
 
 case "$DISTRIBUTED" in none | ddp | zero3 | fsdp2) ;; *) echo "DISTRIBUTED=$DISTRIBUTED: use none, ddp, zero3 or fsdp2" >&2; exit 2 ;; esac
 case "$TRL_VLLM" in colocate | server) ;; *) echo "TRL_VLLM=$TRL_VLLM: use colocate or server" >&2; exit 2 ;; esac
@@ -104,6 +106,7 @@ if [[ -n "$HUB_NAMESPACE" ]]; then
 elif [[ "$HUB_ONLY" == 1 ]]; then
   echo "HUB_ONLY=1 needs HUB_NAMESPACE" >&2; exit 2
 fi
+PROBE_FLAGS=(); for spec in $PROBE; do PROBE_FLAGS+=(--probe "$spec"); done
 iter_dir() { printf '%s/iter%02d' "$ARTIFACTS" "$1"; }
 # An input artifact of iteration $2 ($1: challenger | solver | raw | train): its Hub reference when
 # HUB_NAMESPACE is set (so every card names its parents by commit), else the local folder.
@@ -267,7 +270,9 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
     --data-parallel "$DATA_PARALLEL" \
-    --hub-repo "$HUB_QUESTIONS"
+    --probe-size "$PROBE_SIZE" \
+    --hub-repo "$HUB_QUESTIONS" \
+    "${PROBE_FLAGS[@]}"
 
   # 5. the Solver of k learns the kept questions' pseudo-labels
   if [[ ! -f "$here/solver/DONE" ]]; then start_trl_server; fi

@@ -11,7 +11,13 @@ always rebuilt (atomically); it never touches the runs.
 
 Rows: the base (iteration 0) and each iteration. Columns: every task the evaluate stage ran, the
 paper's MATH-avg and Overall where those ran, questions generated / kept, mean consistency p,
-pseudo-label accuracy (all labeled / kept), Challenger reward, and minutes per stage.
+pseudo-label accuracy (all labeled / kept, where the micro-world can score it), the accuracy of the
+labels the Solver trained on, the gold probe's label accuracy and mean p (label_questions --probe),
+Challenger reward, and minutes per stage.
+Under each table, the report reads the run: the best iteration by the held-out headline score with
+two standard errors (by the probe's label accuracy where nothing was evaluated), and one line on label
+decay: label accuracy (the probe's, else the kept questions') or mean consistency p falling by more
+than DECAY_ACCURACY / DECAY_CONSISTENCY from one iteration to the next.
 
 Examples:
   python stages/report.py --run runs/demo --output runs/demo/report
@@ -29,6 +35,8 @@ import typer
 import artifacts
 
 STAGES = ("challenger", "questions", "labeled", "solver", "evaluate")
+DECAY_ACCURACY = 0.05  # a fall of label accuracy between two iterations that the report flags (5 points)
+DECAY_CONSISTENCY = 0.05  # a fall of mean consistency p that it flags
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -112,20 +120,89 @@ def table(run: Path, rows: list[dict]) -> list[str]:
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("evaluate", {}).get("scores", {})))
     paper = [p for p in ("MATH-avg", "Overall")
              if any((r.get("evaluate", {}).get("paper") or {}).get(p) is not None for r in rows)]
+    probed = any((r.get("labeled") or {}).get("probe") for r in rows)
     head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)",
-            "trained-on label acc", "Challenger reward", "minutes per stage"]
+            "trained-on label acc", *(["probe label acc (all / band)", "probe mean p"] if probed else []),
+            "Challenger reward", "minutes per stage"]
     lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})
         minutes = ", ".join(f"{s} {t / 60:.1f}" for s, t in r["times"].items() if t is not None)
+        probe = lab.get("probe") or {}
+        probe_cells = [f"{fmt(probe.get('pseudo_label_accuracy'), True)} / "
+                       f"{fmt(probe.get('band_pseudo_label_accuracy'), True)}", fmt(probe.get("consistency_mean"))]
         cells = [str(r["iteration"]), *(fmt(ev.get("scores", {}).get(t), True) for t in tasks),
                  *(fmt((ev.get("paper") or {}).get(p), True) for p in paper),
                  fmt(q.get("parsed")), fmt(lab.get("kept")), fmt(lab.get("consistency_mean")),
                  f"{fmt(lab.get('pseudo_label_accuracy'), True)} / {fmt(lab.get('kept_pseudo_label_accuracy'), True)}",
                  fmt(lab.get("trained_label_accuracy"), True),  # 100 for a LABEL_SOURCE=truth run
+                 *(probe_cells if probed else []),
                  fmt(ch.get("reward_mean")), minutes or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def best_iteration(rows: list[dict]) -> dict | None:
+    """The iteration with the highest held-out headline score, with two standard errors of that score
+    (binomial, over its questions); by the probe's label accuracy where nothing was evaluated. Ties go
+    to the earlier iteration."""
+    scored = [r for r in rows if r.get("evaluate", {}).get("scores")]
+    if scored:
+        task = headline(scored[0]["evaluate"])
+        candidates = [(headline_scores(r["evaluate"]).get(task), r) for r in scored]
+        by, n_of = task, lambda r: (r["evaluate"].get("samples") or {}).get(task)
+    else:
+        task = "probe label accuracy"
+        candidates = [(((r.get("labeled") or {}).get("probe") or {}).get("pseudo_label_accuracy"), r) for r in rows]
+        by, n_of = task, lambda r: r["labeled"]["probe"]["questions"]
+    candidates = [(v, r) for v, r in candidates if v is not None]
+    if not candidates:
+        return None
+    value, row = max(candidates, key=lambda c: (c[0], -c[1]["iteration"]))
+    n = n_of(row)
+    return dict(iteration=row["iteration"], by=by, value=value,
+                two_se=2 * (value * (1 - value) / n) ** 0.5 if n else None)
+
+
+def decay(rows: list[dict]) -> dict:
+    """Label decay between consecutive labeled iterations: the falls of label accuracy (the probe's
+    where it ran, else the kept questions' in the micro-world) beyond DECAY_ACCURACY, and of mean
+    consistency p beyond DECAY_CONSISTENCY."""
+    labeled = [r for r in rows if r.get("labeled")]
+    probed = any(r["labeled"].get("probe") for r in labeled)
+    accuracy = [((r["labeled"].get("probe") or {}).get("pseudo_label_accuracy") if probed
+                 else r["labeled"].get("kept_pseudo_label_accuracy")) for r in labeled]
+    consistency = [((r["labeled"].get("probe") or {}).get("consistency_mean") if probed
+                    else r["labeled"].get("consistency_mean")) for r in labeled]
+    falls = []
+    for what, series, threshold in (("probe label accuracy" if probed else "kept pseudo-label accuracy", accuracy,
+                                     DECAY_ACCURACY),
+                                    ("probe mean p" if probed else "mean p", consistency, DECAY_CONSISTENCY)):
+        for i in range(1, len(labeled)):
+            a, b = series[i - 1], series[i]
+            if a is not None and b is not None and a - b > threshold:
+                falls.append(dict(what=what, before=a, after=b, iterations=[labeled[i - 1]["iteration"],
+                                                                             labeled[i]["iteration"]]))
+    return dict(falls=falls, compared=len(labeled), source="probe" if probed else "kept questions")
+
+
+def reading(rows: list[dict]) -> tuple[list[str], dict]:
+    """The report's two lines under a run's table, and the same for its summary.json."""
+    best, falls = best_iteration(rows), decay(rows)
+    lines = []
+    if best:
+        error = f" +- {100 * best['two_se']:.1f} (two standard errors)" if best["two_se"] is not None else ""
+        lines.append(f"**Best iteration: {best['iteration']}** by {best['by']}: {100 * best['value']:.1f}{error}.")
+    if falls["falls"]:
+        lines.append("**Label decay:** " + "; ".join(
+            f"{f['what']} fell {fmt(f['before'], 'accuracy' in f['what'])} -> "
+            f"{fmt(f['after'], 'accuracy' in f['what'])} from iteration {f['iterations'][0]} to {f['iterations'][1]}"
+            for f in falls["falls"])
+            + f" (flagged beyond {100 * DECAY_ACCURACY:.0f} points of accuracy or {DECAY_CONSISTENCY} of mean p).")
+    elif falls["compared"] > 1:
+        lines.append(f"No label decay: label accuracy and mean p ({falls['source']}) fell by no more than "
+                     f"{100 * DECAY_ACCURACY:.0f} points and {DECAY_CONSISTENCY} between iterations.")
+    return ([*lines, ""] if lines else []), dict(best=best, decay=falls)
 
 
 def headline_scores(evaluation: dict) -> dict[str, float]:
@@ -216,14 +293,16 @@ def main(
     runs = {r: collect(r) for r in run}
     partial = artifacts.begin(output, overwrite=True)
     lines = ["# R-Zero run report", ""]
+    readings = {}
     for r, rows in runs.items():
-        lines += table(r, rows)
+        text, readings[str(r)] = reading(rows)
+        lines += table(r, rows) + text
     images = plots(runs, partial)
     lines += [f"![{name}]({name})" for name in images]
     (partial / "report.md").write_text("\n".join(lines) + "\n")
     iterations = {str(r): [x["iteration"] for x in rows] for r, rows in runs.items()}
     artifacts.finish(partial, output, dict(stage="report", runs=[str(r) for r in run], images=images,
-                                           iterations=iterations))
+                                           iterations=iterations, reading=readings))
     print("\n".join(line for line in lines if not line.startswith("![")))
     artifacts.log(f"report: {len(run)} run(s) -> {output / 'report.md'}")
 

@@ -69,10 +69,12 @@ def test_driver_resumes_after_a_kill_inside_each_stage(quick_base, tmp_path):
 def test_the_control_is_one_knob_and_an_old_knob_name_still_works(quick_base, tmp_path):
     # CHALLENGER=base: no Challenger is trained, the untrained base writes the questions (the paper's
     # "Base Challenger"); LABELS, the old name of LABEL_SOURCE, still works for one release, with a notice;
-    # DATA_PARALLEL=2 generates and labels in two shards (their rows: tests/test_shards.py)
+    # DATA_PARALLEL=2 generates and labels in two shards (their rows: tests/test_shards.py); PROBE votes a gold
+    # probe set (GSM8K's train schema) beside the questions (its numbers: tests/test_method.py)
     proc = subprocess.run(["bash", str(ROOT / "run_iteration.sh")], cwd=ROOT, capture_output=True, text=True,
                           env=env(BASE_MODEL=str(quick_base), RUNS_DIR=str(tmp_path), PYTHON=os.sys.executable,
-                                  **{**KNOBS, "CHALLENGER": "base", "LABELS": "vote", "DATA_PARALLEL": "2"}),
+                                  **{**KNOBS, "CHALLENGER": "base", "LABELS": "vote", "DATA_PARALLEL": "2",
+                                     "PROBE": f"{ROOT}/tests/fixtures/benchmarks/openai/gsm8k:main:train"}),
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "LABELS is renamed LABEL_SOURCE" in proc.stderr
@@ -83,7 +85,8 @@ def test_the_control_is_one_knob_and_an_old_knob_name_still_works(quick_base, tm
     # the knob reached the stage under its old name (LABEL_SOURCE=truth itself is test_method's: the quick
     # base's questions are rarely scorable arithmetic, so a truth run here would keep nothing)
     assert labeled["label_source"] == "vote" and (it / "solver" / "DONE").is_file()
-    assert labeled["data_parallel"] == 2
+    assert labeled["data_parallel"] == 2 and labeled["probe"]["questions"] == 2
+    assert (it / "labeled" / "probe.parquet").is_file()
     assert json.loads((it / "questions" / "summary.json").read_text())["data_parallel"] == 2
 
 

@@ -61,9 +61,10 @@ def driver(hub, logs, base, runs, **extra):
 @pytest.fixture(scope="module")
 def first(hub, quick_base, logs, tmp_path_factory) -> dict:
     """One driver iteration with the Hub on, questions and labels in two shards that read their inputs
-    from the Hub themselves; its local artifacts stay for comparison."""
+    from the Hub themselves, and a gold probe; its local artifacts stay for comparison."""
     runs = tmp_path_factory.mktemp("machine1") / "runs"
-    proc = driver(hub, logs, quick_base, runs, DATA_PARALLEL="2")
+    proc = driver(hub, logs, quick_base, runs, DATA_PARALLEL="2",
+                  PROBE=f"{ROOT}/tests/fixtures/benchmarks/openai/gsm8k:main:train")
     return dict(runs=runs, it=runs / RUN / "iter01", out=proc.stderr, base=quick_base)
 
 
@@ -152,8 +153,9 @@ def test_a_driver_iteration_puts_every_artifact_on_the_hub(first, hub, logs):
     evaluation = {"evaluate/DONE", "evaluate/summary.json", "evaluate/results.json", "evaluate/README.md"}
     assert evaluation <= set(state["solver"]["files"]["iter00"]) and not adapter & set(state["solver"]["files"]["iter00"])
     assert adapter | evaluation <= set(state["solver"]["files"]["iter01"])
-    assert state["questions"]["configs"] == ["iter01-labeled", "iter01-raw", "iter01-train"]
-    assert {f"summaries/iter01-{c}.json" for c in ("raw", "labeled", "train")} <= set(state["questions"]["files"])
+    assert state["questions"]["configs"] == ["iter01-labeled", "iter01-probe", "iter01-raw", "iter01-train"]
+    markers = {f"summaries/iter01-{c}.json" for c in ("raw", "labeled", "train", "probe")}
+    assert markers <= set(state["questions"]["files"])
     assert state["challenger"]["private"] and state["solver"]["private"] and state["questions"]["private"]
 
     # load_dataset and PeftModel work as they are, and give back exactly what the stages wrote

@@ -64,3 +64,58 @@ def test_every_cell_is_the_number_of_its_summary(tmp_path):
     assert two["kept"] == "-" and two["mean p"] == "-"  # an incomplete stage is not read
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["iterations"] == {str(root): [0, 1, 2]}
+
+
+def labeled_run(root, scores, labels, samples=None):
+    """A run whose iteration k has held-out score scores[k] (None: not evaluated) and, from k = 1, the
+    label stage's summary labels[k - 1]."""
+    for k, score in enumerate(scores):
+        if score is not None:
+            write(root / f"iter{k:02d}" / "evaluate", dict(stage="evaluate", scores={"rzero_micro": score},
+                                                           samples=samples or {}))
+    for k, labeled in enumerate(labels, start=1):
+        write(root / f"iter{k:02d}" / "labeled", dict(stage="label_questions", consistency_histogram={"5/10": 3},
+                                                      **labeled))
+
+
+def reading(tmp_path, root):
+    run("report", "--run", root, "--output", tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    return text, json.loads((tmp_path / "report" / "summary.json").read_text())["reading"][str(root)]
+
+
+def test_the_report_names_the_best_iteration_and_flags_label_decay(tmp_path):
+    # the demo's shape: the gain comes in iteration 1, iterations 2 and 3 tie, kept-label accuracy decays
+    root = tmp_path / "loop"
+    labeled_run(root, [0.381, 0.600, 0.674, 0.674],
+                [dict(kept_pseudo_label_accuracy=a, consistency_mean=p) for a, p in
+                 ((0.675, 0.60), (0.551, 0.58), (0.438, 0.56))], samples={"rzero_micro": 800})
+    text, got = reading(tmp_path, root)
+    # the tie goes to the earlier iteration; 2 x sqrt(0.674 x 0.326 / 800) = 3.3 points
+    assert "**Best iteration: 2** by rzero_micro: 67.4 +- 3.3 (two standard errors)." in text
+    assert got["best"]["iteration"] == 2 and abs(got["best"]["two_se"] - 0.0331) < 1e-4
+    assert ("**Label decay:** kept pseudo-label accuracy fell 67.5 -> 55.1 from iteration 1 to 2; kept pseudo-label "
+            "accuracy fell 55.1 -> 43.8 from iteration 2 to 3 (flagged beyond 5 points of accuracy or 0.05 of mean "
+            "p).") in text
+    assert [f["iterations"] for f in got["decay"]["falls"]] == [[1, 2], [2, 3]]  # mean p fell 0.02 a time: not flagged
+
+
+def test_with_a_probe_and_no_evaluation_the_probe_decides(tmp_path):
+    root = tmp_path / "real"
+    probe = [dict(questions=200, pseudo_label_accuracy=a, band_pseudo_label_accuracy=b, consistency_mean=p)
+             for a, b, p in ((0.79, 0.70, 0.81), (0.76, 0.66, 0.80), (0.63, 0.55, 0.71))]
+    labeled_run(root, [None] * 4, [dict(kept_pseudo_label_accuracy=None, consistency_mean=0.6, probe=q) for q in probe])
+    text, got = reading(tmp_path, root)
+    assert "**Best iteration: 1** by probe label accuracy: 79.0 +- 5.8 (two standard errors)." in text
+    assert ("**Label decay:** probe label accuracy fell 76.0 -> 63.0 from iteration 2 to 3; probe mean p fell "
+            "0.80 -> 0.71 from iteration 2 to 3") in text
+    assert "| probe label acc (all / band) | probe mean p |" in text and "| 79.0 / 70.0 | 0.81 |" in text
+
+
+def test_no_decay_is_said_in_one_line(tmp_path):
+    root = tmp_path / "truth"
+    labeled_run(root, [0.38, 0.77, 0.77], [dict(kept_pseudo_label_accuracy=a, consistency_mean=0.6) for a in (0.76, 0.74)])
+    text, got = reading(tmp_path, root)
+    assert ("No label decay: label accuracy and mean p (kept questions) fell by no more than 5 points and 0.05 "
+            "between iterations.") in text and got["decay"]["falls"] == []
+    assert "**Best iteration: 1** by rzero_micro: 77.0." in text  # no question count: no error bar
