@@ -4,7 +4,8 @@ exactly the Challenger and Solver formats (DESIGN.md sections 3 and 5), imperfec
 Reads nothing and needs no network. Writes a model folder that `AutoModelForCausalLM` and
 `AutoTokenizer` load with no extra arguments (ChatML chat template, pad token, left padding),
 plus `heldout.jsonl` (question, answer, num_ops: questions no training step ever sees, not even
-as an intermediate line of a worked solution), `summary.json` and `DONE`. The folder is named by
+as an intermediate line of a worked solution), for --world ladder `validation.jsonl` (the same, disjoint
+from the held-out set: where choices are made), `summary.json` and `DONE`. The folder is named by
 a hash of the recipe, so a second build of the same recipe is a cache hit.
 
 The world (stages/microworld.py): questions like `What is 7 + 3 * 4 - 5?` with 1-4 operations on
@@ -26,6 +27,7 @@ Examples:
   python stages/build_base.py                                  # full recipe, cached; prints its folder
   python stages/build_base.py --quick --cache-dir /tmp/rzero   # seconds: formats only, for plumbing tests
   python stages/build_base.py --dtype fp32                     # force fp32 (to time the path most CPUs take)
+  python stages/build_base.py --world ladder                   # the ladder world, with validation.jsonl
 """
 
 import hashlib
@@ -59,8 +61,19 @@ RECIPE = dict(
     warmup_steps=50,
     seed=0,
 )
+# The ladder (issue 13): a world where what the Solver learns depends on how hard its questions are, so
+# that a Challenger that moves toward harder questions can beat the untrained one. The base works two-
+# operation questions step by step (greedy too: p near 1, out of the band) but three and four operations
+# only now and then, so only questions that long teach it to work them; and the untrained Challenger
+# rarely writes one. A validation split (disjoint from training and held-out) is where choices are made.
+LADDER = dict(
+    RECIPE, world="ladder",
+    careful_share=(0.45, 0.9, 0.3, 0.3),      # worked solutions by number of operations: long chains now and then
+    challenger_ops_weights=(6, 4, 0.4, 0.2),  # the untrained Challenger: 1-2 operations, a long chain rarely
+    validation_per_ops=(20, 200, 200, 200),   # validation.jsonl, for choices: the held-out set takes 200 of the
+)                                             # 300 one-operation questions, so 20 here leave 80 to train on
+WORLDS = {"default": RECIPE, "ladder": LADDER}
 WORLD_VERSION = 4  # bump whenever the world, the solution format or the training loop changes
-QUICK = dict(RECIPE, steps=40, heldout_per_ops=20, hidden_size=64, ff_size=256, num_layers=2, num_heads=1)
 CHAT_TEMPLATE = (
     "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
     " + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -103,17 +116,26 @@ def recipe_hash(recipe: dict) -> str:
 # --- Stage -----------------------------------------------------------------------------------------
 
 
-def choose_precision(requested: str) -> tuple[str, str]:
+def choose_precision(requested: str, remember: Path | None = None) -> tuple[str, str]:
     """(precision, reason) for training on this CPU: 'fp32' or 'bf16'. bf16 autocast pays only on
-    a CPU with native bf16 (AVX512-BF16 or AMX): 1.6x faster than fp32 there, 16x slower without
+    a CPU with native bf16 (AVX512-BF16 or AMX): up to 1.6x faster than fp32 there, 16x slower without
     (0.97 vs 15.6 s per step, measured on an AVX2-only EPYC). 'auto' takes bf16 only where the CPU
-    has it natively and a short matmul probe shows it faster."""
+    has it natively and a short matmul probe shows it faster. The probe's verdict is kept in
+    `remember` (a JSON file, per CPU and thread count) and reused: two probes on one machine can
+    disagree (1.0x and 1.3x here), and each answer names another base, so the first one stands."""
+    import os
+
     import torch
 
     if requested != "auto":
         return requested, f"--dtype {requested}"
+    capability = torch.backends.cpu.get_cpu_capability()
     if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        return "fp32", f"no native bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()})"
+        return "fp32", f"no native bf16 on this CPU ({capability})"
+    machine = f"{_cpu_model()} | {capability} | {len(os.sched_getaffinity(0))} threads"
+    known = json.loads(remember.read_text()) if remember and remember.is_file() else {}
+    if machine in known:
+        return known[machine]["precision"], f"{known[machine]['reason']}, kept from the first probe on this CPU"
     x = torch.randn(2048, 192, requires_grad=True)
     w = torch.randn(192, 768, requires_grad=True)
 
@@ -125,9 +147,27 @@ def choose_precision(requested: str) -> tuple[str, str]:
         return time.perf_counter() - t0
 
     seconds(torch.bfloat16), seconds(torch.float32)  # warm up both kernels
-    bf16, fp32 = seconds(torch.bfloat16), seconds(torch.float32)
+    bf16 = min(seconds(torch.bfloat16) for _ in range(3))
+    fp32 = min(seconds(torch.float32) for _ in range(3))
     choice = "bf16" if bf16 < 0.8 * fp32 else "fp32"
-    return choice, f"native bf16, probe {fp32 / bf16:.1f}x fp32 speed"
+    reason = f"native bf16, probe {fp32 / bf16:.1f}x fp32 speed"
+    if remember:
+        remember.parent.mkdir(parents=True, exist_ok=True)
+        remember.write_text(json.dumps({**known, machine: dict(precision=choice, reason=reason)}, indent=1))
+    return choice, reason
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def pack(examples: list[tuple[list[int], list[int]]], row_length: int, pad_id: int) -> dict:
@@ -172,6 +212,9 @@ def main(
                                "(plumbing tests).", rich_help_panel="Method"),
     seed: int = typer.Option(0, help="Seed of the world, the data order and the initialization.",
                              rich_help_panel="Method"),
+    world: str = typer.Option("default", help="default (recipe v4: any band question teaches the Solver to work "
+                              "step by step) or ladder (long chains are rare in the base and in the untrained "
+                              "Challenger's questions; has a validation split).", rich_help_panel="Method"),
     dtype: str = typer.Option("auto", help="Training precision on the CPU: auto (bf16 only where the CPU has it "
                               "natively and it measures faster), fp32 or bf16. Part of the recipe hash.",
                               rich_help_panel="Training"),
@@ -181,9 +224,15 @@ def main(
     """Build (or find in the cache) the micro-world base; print its folder on stdout."""
     if dtype not in ("auto", "fp32", "bf16"):
         artifacts.fail(f"--dtype {dtype!r}: use auto, fp32 or bf16.")
-    precision, why = choose_precision(dtype)
-    recipe = dict(QUICK if quick else RECIPE, seed=seed, dtype=precision)
-    name = f"micro-{'quick-' if quick else ''}{recipe_hash(recipe)}"
+    if world not in WORLDS:
+        artifacts.fail(f"--world {world!r}: use {' or '.join(WORLDS)}.")
+    precision, why = choose_precision(dtype, remember=cache_dir / "precision.json")
+    recipe = WORLDS[world]
+    if quick:
+        recipe = dict(recipe, steps=40, heldout_per_ops=20, hidden_size=64, ff_size=256, num_layers=2, num_heads=1,
+                      **({"validation_per_ops": (10, 20, 20, 20)} if "validation_per_ops" in recipe else {}))
+    recipe = dict(recipe, seed=seed, dtype=precision)
+    name = f"micro-{'quick-' if quick else ''}{'' if world == 'default' else world + '-'}{recipe_hash(recipe)}"
     output = output or cache_dir / name
     artifacts.log(f"build_base: recipe {name} ({precision}: {why}) -> {output}")
     partial = artifacts.begin(output, overwrite)
@@ -204,6 +253,10 @@ def main(
     t0 = time.time()
     heldout = microworld.heldout_questions(rng, recipe)
     held_expressions = {r["question"][len("What is ") : -1] for r in heldout}
+    validation = []  # never trained on either; disjoint from the held-out set
+    if recipe.get("validation_per_ops"):
+        validation = microworld.heldout_questions(rng, recipe, recipe["validation_per_ops"], held_expressions)
+        held_expressions |= {r["question"][len("What is ") : -1] for r in validation}
 
     corpus = [microworld.example(rng, recipe, held_expressions) for _ in range(4000)]
     tokenizer = build_tokenizer([CHAT_TEMPLATE] + [rzero.render_prompt(_ChatML, m) + c for m, c in corpus],
@@ -245,14 +298,17 @@ def main(
                                challenger_samples=20 if quick else 200)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    with open(partial / "heldout.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in heldout)
+    for split, rows in (("heldout", heldout), ("validation", validation)):
+        if rows:
+            with open(partial / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
     summary = dict(
         stage="build_base", recipe=recipe, name=name, precision=precision, precision_reason=why,
         cpu=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
         parameters=sum(p.numel() for p in model.parameters()),
         train_seconds=round(train_s, 1), total_seconds=round(time.time() - t0, 1),
-        final_loss=sum(losses[-50:]) / len(losses[-50:]), heldout_questions=len(heldout), **stats,
+        final_loss=sum(losses[-50:]) / len(losses[-50:]), heldout_questions=len(heldout),
+        validation_questions=len(validation), **stats,
     )
     artifacts.finish(partial, output, summary)
     acc = stats["greedy_accuracy"]

