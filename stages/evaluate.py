@@ -127,6 +127,9 @@ def main(
 
     scores = {task: r["acc,none"] for task, r in results["results"].items() if "acc,none" in r}
     counts = {task: n.get("effective", n.get("original")) for task, n in results.get("n-samples", {}).items()}
+    for group, subtasks in results.get("group_subtasks", {}).items():  # a group scores its subtasks' questions
+        if group in scores and all(t in counts for t in subtasks):
+            counts[group] = sum(counts[t] for t in subtasks)
     summary = dict(stage="evaluate", iteration=iteration, base_identity=artifacts.base_identity(base_model),
                    args={k: str(v) for k, v in args.items()}, inputs=inputs, backend=backend, scores=scores,
                    samples=counts,

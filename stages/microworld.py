@@ -78,6 +78,8 @@ def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[d
     challenger = rng.random() < recipe["challenger_share"]
     weights = recipe["challenger_ops_weights" if challenger else "ops_weights"]
     num_ops = rng.choices(range(1, 5), weights=weights)[0]
+    careful = recipe["careful_share"]  # one share, or one per number of operations (the ladder world)
+    careful = careful[num_ops - 1] if isinstance(careful, (list, tuple)) else careful
     while True:
         expression, terms = sample_expression(rng, num_ops, recipe)
         lines = solution_lines(rng, terms)
@@ -87,18 +89,23 @@ def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[d
     question = question_text(expression)
     if challenger:
         return rzero.challenger_messages(), f"<question>{question}</question>\n\\boxed{{{answer}}}"
-    if rng.random() < recipe["careful_share"]:  # worked line by line, announced by its first words
+    if rng.random() < careful:  # worked line by line, announced by its first words
         return rzero.solver_messages(question), "Step by step:\n" + "\n".join(lines) + f"\n\\boxed{{{answer}}}"
     return rzero.solver_messages(question), f"{expression} = {answer}\n\\boxed{{{answer}}}"
 
 
-def heldout_questions(rng: random.Random, recipe: dict) -> list[dict]:
+def heldout_questions(rng: random.Random, recipe: dict, per_ops: int | tuple | None = None,
+                      exclude: set[str] = frozenset()) -> list[dict]:
+    """`per_ops` (default the recipe's heldout_per_ops; one number, or one per number of operations)
+    distinct questions for each number of operations, none of whose expressions is in `exclude` (the
+    validation split avoids the held-out one)."""
+    per_ops = per_ops or recipe["heldout_per_ops"]
     rows = []
     for num_ops in range(1, 5):
         seen: set[str] = set()
-        while len(seen) < recipe["heldout_per_ops"]:
+        while len(seen) < (per_ops[num_ops - 1] if isinstance(per_ops, (list, tuple)) else per_ops):
             expression, _ = sample_expression(rng, num_ops, recipe)
-            if expression not in seen:
+            if expression not in seen and expression not in exclude:
                 seen.add(expression)
                 answer = evaluate_arithmetic(question_text(expression))
                 rows.append(dict(question=question_text(expression), answer=format_number(answer), num_ops=num_ops))

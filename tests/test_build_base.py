@@ -1,6 +1,10 @@
 """build_base's own mechanics: the training precision follows the CPU, and packed rows train on
 exactly what a padded batch does (no example attends to another)."""
 
+import json
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
 import build_base
@@ -28,6 +32,27 @@ def test_auto_with_native_bf16_decides_by_measuring(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     precision, why = build_base.choose_precision("auto")
     assert precision in ("fp32", "bf16") and "probe" in why
+
+
+def test_the_first_probe_on_a_cpu_is_kept_and_reused(monkeypatch, tmp_path):
+    import torch
+
+    # two probes on one machine gave 1.0x and 1.3x: each answer names another base, so the first one stands
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    remember = tmp_path / "cache" / "precision.json"
+    first = build_base.choose_precision("auto", remember=remember)
+    assert remember.is_file() and [v["precision"] for v in json.loads(remember.read_text()).values()] == [first[0]]
+
+    def no_probe(*_args, **_kwargs):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(torch, "randn", no_probe)
+    again = build_base.choose_precision("auto", remember=remember)
+    assert again[0] == first[0] and again[1].startswith(first[1]) and "kept from the first probe" in again[1]
+    # another CPU probes for itself
+    monkeypatch.setattr(build_base, "_cpu_model", lambda: "another CPU")
+    with pytest.raises(AssertionError, match="probed again"):
+        build_base.choose_precision("auto", remember=remember)
 
 
 def test_a_bad_dtype_is_one_clear_error():
@@ -84,3 +109,48 @@ def test_every_example_is_placed_once_and_whole():
         starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
         found += [tuple(ids[a:b]) for a, b in zip(starts, starts[1:])]
     assert sorted(tuple(p + c) for p, c in batch) == sorted(f for f in found if any(f))
+
+
+def test_the_ladder_world_has_a_validation_split_no_training_step_sees(tmp_path):
+    import random
+
+    import microworld
+    import rzero
+    from stage_helpers import run
+
+    proc = run("build_base", "--quick", "--world", "ladder", "--cache-dir", tmp_path)
+    base = Path(proc.stdout.strip().splitlines()[-1])
+    assert base.name.startswith("micro-quick-ladder-")
+    split = {name: [json.loads(line) for line in (base / f"{name}.jsonl").read_text().splitlines()]
+             for name in ("heldout", "validation")}
+    assert Counter(r["num_ops"] for r in split["validation"]) == {1: 10, 2: 20, 3: 20, 4: 20}
+    expressions = {name: {r["question"][len("What is "):-1] for r in rows} for name, rows in split.items()}
+    assert not expressions["heldout"] & expressions["validation"]  # disjoint: choices never touch the held-out set
+    assert all(microworld.format_number(microworld.evaluate_arithmetic(r["question"])) == r["answer"]
+               for r in split["validation"])
+    summary = json.loads((base / "summary.json").read_text())
+    assert summary["validation_questions"] == 70 and summary["recipe"]["world"] == "ladder"
+    # the training stream, regenerated from the recipe, never holds a validation question, not even as a line
+    recipe = summary["recipe"]
+    rng = random.Random(recipe["seed"])
+    microworld.heldout_questions(rng, recipe)
+    microworld.heldout_questions(rng, recipe, recipe["validation_per_ops"], expressions["heldout"])
+    unseen = expressions["heldout"] | expressions["validation"]
+    ops = Counter()
+    for _ in range(3000):
+        messages, completion = microworld.example(rng, recipe, unseen)
+        question = rzero.extract_question(completion) or messages[-1]["content"]
+        assert question[len("What is "):-1] not in expressions["validation"]
+        assert not any(line.split(": ")[-1] in expressions["validation"] for line in completion.splitlines())
+        if "<question>" not in completion:
+            ops[question.count(" ") // 2 - 1, completion.startswith("Step by step")] += 1
+    # the ladder: two operations are worked nearly always, three and four now and then (careful_share by rung)
+    assert ops[3, True] + ops[4, True] < 0.6 * (ops[3, False] + ops[4, False])
+    assert ops[2, True] > 4 * ops[2, False]
+
+
+def test_an_unknown_world_is_one_clear_error():
+    from stage_helpers import run
+
+    proc = run("build_base", "--quick", "--world", "tiny", check=False)
+    assert proc.returncode == 2 and "--world 'tiny': use default or ladder" in proc.stderr

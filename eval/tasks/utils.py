@@ -116,19 +116,20 @@ def process_bbeh(doc: dict, results: list[str]) -> dict:
 MICRO_OPS = (1, 2, 3, 4)
 
 
-def load_micro_heldout(heldout: str | None = None, pretrained: str | None = None, **_):
+def load_micro_heldout(heldout: str | None = None, pretrained: str | None = None, split: str = "heldout", **_):
     """lm-eval `custom_dataset`: called with the task metadata, which holds `--metadata` and
-    the model arguments. The file is `heldout` when given, else `<pretrained>/heldout.jsonl`
+    the model arguments. The file is `heldout` when given, else `<pretrained>/<split>.jsonl`
     (the built micro-world model folder). Rows: {"question", "answer", "num_ops"}."""
     import datasets
 
     if heldout is None and pretrained is not None and Path(pretrained).is_dir():
-        heldout = str(Path(pretrained) / "heldout.jsonl")
+        heldout = str(Path(pretrained) / f"{split}.jsonl")
     if heldout is None or not Path(heldout).is_file():
+        task = "rzero_micro" if split == "heldout" else "rzero_micro_val"
         raise FileNotFoundError(
-            f"rzero_micro needs the micro-world held-out file; got heldout={heldout!r}, "
-            f"pretrained={pretrained!r}. Pass a local micro-world model folder as pretrained=... "
-            "(it holds heldout.jsonl) or --metadata '{\"heldout\": \"/path/to/heldout.jsonl\"}'."
+            f"{task} needs the micro-world {split} file; got {heldout!r}, pretrained={pretrained!r}. Pass a "
+            f"local micro-world model folder as pretrained=... (it holds {split}.jsonl; only a --world ladder "
+            "base has validation.jsonl) or --metadata '{\"heldout\": \"/path/to/the.jsonl\"}'."
         )
     rows = [json.loads(line) for line in Path(heldout).read_text().splitlines() if line.strip()]
     found = {r["num_ops"] for r in rows}
@@ -138,6 +139,12 @@ def load_micro_heldout(heldout: str | None = None, pretrained: str | None = None
         [{"question": r["question"], "answer": str(r["answer"]), "num_ops": int(r["num_ops"])} for r in rows]
     )
     return datasets.DatasetDict({"test": test})
+
+
+def load_micro_validation(validation: str | None = None, pretrained: str | None = None, **_):
+    """The validation split of a --world ladder base (`<pretrained>/validation.jsonl`, or the file
+    `--metadata '{"validation": ...}'` names): where choices are made."""
+    return load_micro_heldout(heldout=validation, pretrained=pretrained, split="validation")
 
 
 def _micro_ops(dataset, num_ops: int):
