@@ -37,6 +37,8 @@ for pair in LABELS:LABEL_SOURCE MICRO_BATCH:MICRO_BATCH_SIZE CHALLENGER_PROMPTS:
   fi
 done
 : "${BASE_MODEL:=micro}"      # base model folder or Hub id; "micro" = build or find the micro-world base
+: "${WORLD:=default}"         # micro-world: default | ladder (build_base --world; ladder adds a validation split)
+: "${DTYPE:=auto}"            # micro-world base precision on the CPU: auto | fp32 | bf16 (build_base --dtype)
 : "${RUN:=demo}"              # run name: artifacts in $RUNS_DIR/$RUN/iterNN/<stage>
 : "${RUNS_DIR:=runs}"         # where runs live
 : "${ITERATIONS:=3}"          # K: iterations to run (the paper reports 3)
@@ -85,10 +87,14 @@ fi
 : "${TRL_VLLM_GPUS:=}"          # CUDA_VISIBLE_DEVICES of `trl vllm-serve` (e.g. 7), GPUs the trainers do not use
 : "${TRL_VLLM_PORT:=8000}"      # port of that server
 : "${DATA_PARALLEL:=1}"         # --data-parallel of steps 2-3: shards, one process and engine per visible GPU
+: "${MITIGATION:=none}"         # none | adpo | restrain: label-decay mitigation of the Solver (train_solver --help)
+: "${RESTRAIN_KAPPA:=0.5}"      # restrain: questions whose label has vote share p below this are penalized
+: "${RESTRAIN_PENALTY:=0.5}"    # restrain: the negative advantage of each of their completions
 : "${PROBE:=}"                  # gold probe sets of step 3, space-separated (openai/gsm8k:main:train ...); empty = off
 : "${PROBE_SIZE:=200}"          # rows per probe set, the same fixed-seed sample in every iteration
 
 case "$DISTRIBUTED" in none | ddp | zero3 | fsdp2) ;; *) echo "DISTRIBUTED=$DISTRIBUTED: use none, ddp, zero3 or fsdp2" >&2; exit 2 ;; esac
+case "$MITIGATION" in none | adpo | restrain) ;; *) echo "MITIGATION=$MITIGATION: use none, adpo or restrain" >&2; exit 2 ;; esac
 case "$TRL_VLLM" in colocate | server) ;; *) echo "TRL_VLLM=$TRL_VLLM: use colocate or server" >&2; exit 2 ;; esac
 
 # --- Derived names, in one place -------------------------------------------------------------------
@@ -130,11 +136,12 @@ stage() {
 }
 if [[ "$BASE_MODEL" == micro ]]; then
   log "micro-world base: build or find in the cache"
-  BASE_MODEL=$($PYTHON stages/build_base.py)
+  BASE_MODEL=$($PYTHON stages/build_base.py --world "$WORLD" --dtype "$DTYPE")
+  if [[ "$WORLD" == ladder ]]; then : "${EVAL_TASKS:=rzero_micro,rzero_micro_val}"; fi  # choices: on validation
   : "${EVAL_TASKS:=rzero_micro}"
 fi
 : "${EVAL_TASKS:=rzero_all}"
-log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM | generation x $DATA_PARALLEL"
+log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | mitigation $MITIGATION | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM | generation x $DATA_PARALLEL"
 
 solver_pid=""
 stop_solver_server() {
@@ -290,6 +297,9 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --micro-batch-size "$MICRO_BATCH_SIZE" \
     --max-new-tokens "$MAX_NEW_TOKENS" \
     --seed "$SEED" \
+    --mitigation "$MITIGATION" \
+    --restrain-kappa "$RESTRAIN_KAPPA" \
+    --restrain-penalty "$RESTRAIN_PENALTY" \
     --hub-repo "$HUB_SOLVER" \
     "${TRAIN_FLAGS[@]}"
   stop_trl_server

@@ -169,7 +169,7 @@ def train_lora(
     prompts_per_step: int, group_size: int, micro_batch_size: int, learning_rate: float, kl_coef: float,
     clip: tuple[float, float], lora_rank: int, lora_alpha: int, max_new_tokens: int, temperature: float,
     seed: int, shown: dict[str, str], needed: dict[str, str] | None = None, memory=None,
-    quantization: str = "none", vllm_mode: str = "colocate", vllm_server_url: str = "",
+    quantization: str = "none", vllm_mode: str = "colocate", vllm_server_url: str = "", advantages=None,
 ) -> list[dict]:
     """Train for `steps` optimizer steps of prompts_per_step x group_size completions; save the
     adapter in `output`; return the per-step logs. A dataset with fewer than steps x prompts_per_step
@@ -178,7 +178,9 @@ def train_lora(
     when it is 0 after the first step (no signal: stop, rather than spend the whole budget).
     `memory`: the stage's gpu_memory.Plan (TRL's engine share, context length, sleep mode), or None.
     `quantization` "4bit": a QLoRA base (generation.load_model), generating with transformers.
-    `vllm_mode`: TRL's "colocate" engine, or "server": `trl vllm-serve` at `vllm_server_url`."""
+    `vllm_mode`: TRL's "colocate" engine, or "server": `trl vllm-serve` at `vllm_server_url`.
+    `advantages(values, rows)`: new advantages from TRL's group-normalized ones and the dataset rows of
+    this process's completions (a list each, in order), or None to keep TRL's."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import TrainerCallback
@@ -233,8 +235,9 @@ def train_lora(
         scored[0] += len(completions)
         return reward(completions, **kwargs)
 
-    trainer = GRPOTrainer(model=model, reward_funcs=[counted], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[StepLine()])
+    trainer = (reweighted(advantages) if advantages else GRPOTrainer)(
+        model=model, reward_funcs=[counted], args=config, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[StepLine()])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     start = fingerprint(trainer.model.state_dict())  # before train(): every rank holds whole tensors here
@@ -269,6 +272,23 @@ def train_lora(
         shutil.rmtree(output / "trainer", ignore_errors=True)
     barrier()  # the adapter is on disk before any rank goes on
     return history
+
+
+def reweighted(advantages):
+    """GRPOTrainer whose advantages pass through `advantages(values, rows)` after TRL computed them
+    (group-normalized rewards), before the loss uses them: where a label-decay mitigation acts."""
+    import torch
+    from trl import GRPOTrainer
+
+    class Reweighted(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            values = out["advantages"]  # this process's completions, in the order of `inputs`
+            out["advantages"] = torch.tensor(advantages(values.tolist(), inputs), dtype=values.dtype,
+                                             device=values.device)
+            return out
+
+    return Reweighted
 
 
 def vllm_memory(memory) -> dict:

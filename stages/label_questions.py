@@ -6,8 +6,8 @@ k-1 (none for k = 1: the base answers).
 Writes: `labeled.parquet` (one row per parsed question: the m answers, vote counts, pseudo-label,
 consistency, kept flag, and where the micro-world's safe evaluator can score the question, the
 true answer and whether the pseudo-label equals it), `train.parquet` (the kept rows: question,
-label, consistency), with --probe `probe.parquet` (the probe's votes), `summary.json`, `DONE`; with
---hub-repo also configs iterNN-labeled, iterNN-train (and iterNN-probe) of that Hub dataset repo (then
+label, consistency, the m answers), with --probe `probe.parquet` (the probe's votes), `summary.json`,
+`DONE`; with --hub-repo also configs iterNN-labeled, iterNN-train (and iterNN-probe) of that Hub dataset repo (then
 their completion markers summaries/<config>.json, the card).
 Inputs are local folders or Hub references: --questions hf://datasets/<ns>/<repo>/iterNN-raw,
 --solver-adapter hf://<ns>/<repo>@iterNN (see stages/hub.py).
@@ -187,7 +187,7 @@ def main(
             kept = kept and v["true_answer"] is not None
         labeled.append(dict(sample_id=r["sample_id"], question=r["question"], **v, repeat=repeat, kept=kept))
     train = [dict(question=r["question"], label=r["true_answer"] if label_source == "truth" else r["label"],
-                  consistency=r["consistency"]) for r in labeled if r["kept"]]
+                  consistency=r["consistency"], answers=r["answers"]) for r in labeled if r["kept"]]
     Dataset.from_list(labeled).to_parquet(str(partial / "labeled.parquet"))
     write_train(train, partial / "train.parquet")
     if probe_rows:
@@ -291,7 +291,8 @@ def write_train(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("question", pa.string()), ("label", pa.string()), ("consistency", pa.float64())])
+    schema = pa.schema([("question", pa.string()), ("label", pa.string()), ("consistency", pa.float64()),
+                        ("answers", pa.list_(pa.string()))])  # the m answers: --mitigation restrain weighs them
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 

@@ -124,7 +124,10 @@ def table(run: Path, rows: list[dict]) -> list[str]:
     head = ["iter", *tasks, *paper, "generated", "kept", "mean p", "vote label acc (all / kept)",
             "trained-on label acc", *(["probe label acc (all / band)", "probe mean p"] if probed else []),
             "Challenger reward", "minutes per stage"]
-    lines = [f"### {run}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mitigations = sorted({r["solver"]["mitigation"] for r in rows if r.get("solver", {}).get("mitigation", "none")
+                          != "none"})  # a label-decay mitigation changes what the column below means
+    lines = [f"### {run}" + (f" (Solver mitigation: {', '.join(mitigations)})" if mitigations else ""), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})
         minutes = ", ".join(f"{s} {t / 60:.1f}" for s, t in r["times"].items() if t is not None)

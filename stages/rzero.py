@@ -157,6 +157,41 @@ def solver_rewards(completions: list[str], labels: list[str]) -> list[float]:
     return [float(ok) for ok in equivalence.equivalent_pairs(list(zip(labels, answers)))]
 
 
+# --- Label-decay mitigations (off by default: the paper's method) ------------------------------------
+
+MITIGATIONS = ("none", "adpo", "restrain")
+
+
+def vote_weights(completions: list[str], answers: list[list[str | None]], consistency: list[float]) -> list[float]:
+    """RESTRAIN's pseudo-label weighting (arXiv 2510.02172), as the Solver's reward: each completion
+    scores the number of its question's m label-stage answers equivalent to its own final answer,
+    over the majority's number p * m. So the majority answer scores 1, an answer half as many votes
+    gave 1/2, an answer no vote gave (or no answer) 0. `answers[i]` and `consistency[i]` are
+    completion i's question's m answers and p. (RESTRAIN weights every candidate label by its
+    frequency; a constant factor on a group's rewards leaves GRPO's group-normalized advantages
+    unchanged, so dividing by the majority's count is only a choice of scale.)"""
+    finals = [last_boxed(c) for c in completions]
+    same = iter(equivalence.equivalent_pairs([(a, f) for f, votes in zip(finals, answers) for a in votes]))
+    counts = [sum(next(same) for _ in votes) for votes in answers]
+    return [min(1.0, n / (p * len(votes))) if p > 0 else 0.0 for n, p, votes in zip(counts, consistency, answers)]
+
+
+def solver_advantages(advantages: list[float], consistency: list[float], mitigation: str,
+                      kappa: float = 0.5, penalty: float = 0.5) -> list[float]:
+    """The Solver's GRPO advantages A_i after a label-decay mitigation, given the consistency p of
+    each completion's question. none: unchanged. adpo (Agent0's ambiguity-aware advantage scaling,
+    arXiv 2511.16043): A_i * p, so a label few votes agreed on moves the policy less. restrain
+    (RESTRAIN's negative rollout penalization, arXiv 2510.02172): when p < kappa the label is not
+    trusted and every completion of that question gets A_i = -penalty (a push away from all of them)."""
+    if mitigation == "none":
+        return list(advantages)
+    if mitigation == "adpo":
+        return [a * p for a, p in zip(advantages, consistency)]
+    if mitigation == "restrain":
+        return [-penalty if p < kappa - 1e-9 else a for a, p in zip(advantages, consistency)]
+    raise ValueError(f"mitigation {mitigation!r}: use one of {', '.join(MITIGATIONS)}")
+
+
 def pairwise_bleu(questions: list[str]):
     """B x B matrix of nltk's `sentence_bleu([q_j.split()], q_i.split())` with 4-gram uniform
     weights and smoothing method 1, computed for all pairs at once: clipped n-gram matches come

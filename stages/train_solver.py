@@ -13,6 +13,11 @@ pseudo-label y, else 0 (the reference gives 0.9 accuracy + 0.1 format; we reward
 only). TRL's GRPOTrainer with a PEFT LoRA; KL to the frozen start of this iteration (beta).
 A group whose G rewards are all equal carries no gradient; its share is logged each step.
 
+Label-decay mitigations (--mitigation, off by default): adpo scales each advantage by the label's
+vote share p (Agent0, arXiv 2511.16043); restrain rewards every answer by its share of the m votes
+(the majority's answer 1) and gives every completion of a question with p < kappa the advantage
+-penalty (RESTRAIN, arXiv 2510.02172; --restrain-kappa, --restrain-penalty).
+
 Examples:
   python stages/train_solver.py --base-model Qwen/Qwen3-4B-Base --iteration 1 \\
       --train runs/q4b/iter01/labeled --output runs/q4b/iter01/solver
@@ -61,6 +66,14 @@ def correctness(completions: list[str], label: list[str], log_metric=None, **_) 
     return rzero.solver_rewards(completions, label)
 
 
+def vote_share(completions: list[str], answers: list[list], consistency: list[float], log_metric=None,
+               **_) -> list[float]:
+    """--mitigation restrain's reward: each answer's share of its question's m votes, the majority's 1."""
+    if log_metric:
+        log_metric("boxed_rate", sum(rzero.last_boxed(c) is not None for c in completions) / len(completions))
+    return rzero.vote_weights(completions, answers, consistency)
+
+
 @app.command()
 def main(
     base_model: str = typer.Option(..., help="Base model: local folder, Hub model id, or "
@@ -92,6 +105,16 @@ def main(
                                        rich_help_panel="Sampling"),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the completions.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, help="Seed of sampling and of the training's data order.", rich_help_panel="Sampling"),
+    mitigation: str = typer.Option("none", help="Label-decay mitigation: none (the paper); adpo: advantages x the "
+                                   "label's vote share p (Agent0's ADPO, arXiv 2511.16043); restrain: reward = the "
+                                   "answer's share of the m votes (majority 1), and advantage -penalty for every "
+                                   "completion of a question with p < kappa (RESTRAIN, arXiv 2510.02172).",
+                                   rich_help_panel="Method"),
+    restrain_kappa: float = typer.Option(0.5, help="restrain: questions whose label has a vote share p below this "
+                                         "are penalized, not learned (0.5 = fewer than half of the m votes).",
+                                         rich_help_panel="Method"),
+    restrain_penalty: float = typer.Option(0.5, help="restrain: the advantage of every completion of such a "
+                                           "question, negated (0 = drop them).", rich_help_panel="Method"),
     quantization: str = grpo.QUANTIZATION,
     vllm_mode: str = grpo.VLLM_MODE,
     vllm_server_url: str = grpo.VLLM_SERVER_URL,
@@ -115,9 +138,14 @@ def main(
                                                     "--solver-adapter": (solver_adapter, iteration - 1)})
     grpo.check_batches(prompts_per_step, group_size, micro_batch_size)
     grpo.check_modes(quantization, vllm_mode, vllm_server_url)
+    if mitigation not in rzero.MITIGATIONS:
+        artifacts.fail(f"--mitigation {mitigation!r}: use one of {', '.join(rzero.MITIGATIONS)}.")
     import pyarrow.parquet as pq
 
     rows = pq.read_table(train / "train.parquet").to_pylist()
+    if mitigation == "restrain" and rows and "answers" not in rows[0]:
+        artifacts.fail(f"--mitigation restrain needs the m answers of each question, which {train}/train.parquet "
+                       "lacks (written before they were kept): rerun the label stage with --overwrite.")
     if not rows and not (artifacts.is_complete(output) and not overwrite):
         artifacts.fail(f"{train} kept zero questions: nothing to train on. Generate more questions "
                        "(--num-samples) or widen the band (--delta) in the label stage.")
@@ -132,13 +160,20 @@ def main(
     t0 = time.time()
     tokenizer = generation.load_tokenizer(base_model)
     prompts = [rzero.render_prompt(tokenizer, rzero.solver_messages(r["question"])) for r in rows]
-    dataset = Dataset.from_list([dict(prompt=p, label=r["label"]) for p, r in zip(prompts, rows)])
+    dataset = Dataset.from_list([dict(prompt=p, label=r["label"], consistency=r["consistency"],
+                                      **({"answers": r["answers"]} if mitigation == "restrain" else {}))
+                                 for p, r in zip(prompts, rows)])
+
+    def mitigated(values: list[float], batch: list[dict]) -> list[float]:  # rows of this process's completions
+        return rzero.solver_advantages(values, [r["consistency"] for r in batch], mitigation, restrain_kappa,
+                                         restrain_penalty)
 
     memory = grpo.memory_plan(base_model, solver_adapter, prompt_tokens=grpo.prompt_tokens(tokenizer, prompts),
                               max_new_tokens=max_new_tokens, micro_batch_size=micro_batch_size,
                               prompts_per_step=prompts_per_step, group_size=group_size, lora_rank=lora_rank)
     history = grpo.train_lora(
-        base_model=base_model, adapter=solver_adapter, dataset=dataset, reward=correctness,
+        base_model=base_model, adapter=solver_adapter, dataset=dataset,
+        reward=vote_share if mitigation == "restrain" else correctness,
         tokenizer=tokenizer, output=partial, steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
         micro_batch_size=micro_batch_size, learning_rate=learning_rate, kl_coef=kl_coef,
         clip=(RECIPE["clip_low"], RECIPE["clip_high"]), lora_rank=lora_rank, lora_alpha=lora_alpha,
@@ -147,10 +182,12 @@ def main(
         needed={"boxed_rate": "no completion holds a \\boxed{} answer, so none can match its label. Use a stronger "
                 "base that follows the Solver prompt, or change the prompt's format (rzero.solver_messages)."},
         memory=memory, quantization=quantization, vllm_mode=vllm_mode, vllm_server_url=vllm_server_url,
+        advantages=None if mitigation == "none" else mitigated,
     )
     rewards = [h["reward"] for h in history]
     summary = dict(
         stage="train_solver", iteration=iteration, base_identity=artifacts.base_identity(base_model),
+        mitigation=mitigation,
         args={k: str(v) for k, v in args.items()}, inputs=inputs, questions=len(rows), steps=steps,
         reward_first=rewards[0] if rewards else None, reward_last=rewards[-1] if rewards else None,
         reward_mean=grpo.mean(history, "reward"),
@@ -162,6 +199,7 @@ def main(
     grpo.publish(partial, output, summary, target)
     artifacts.log(f"train_solver: iteration {iteration} done in {summary['seconds']:.0f} s | {len(rows)} questions | "
                   f"reward {summary['reward_first']:.3f} -> {summary['reward_last']:.3f} | "
+                  f"{'' if mitigation == 'none' else f'mitigation {mitigation} | '}"
                   f"zero-variance groups {summary['zero_variance_share']:.0%} | "
                   f"{equivalence.failure_note(summary['verifier_failures'])}{grpo.processes_note()} | {output}")
 

@@ -13,7 +13,7 @@ TINY = dict(adapter=None, steps=2, prompts_per_step=2, group_size=4, micro_batch
             shown={})
 
 
-def train(quick_base, output, reward, **overrides):
+def train(quick_base, output, reward, columns=None, **overrides):
     from datasets import Dataset
 
     import generation
@@ -22,8 +22,9 @@ def train(quick_base, output, reward, **overrides):
     tokenizer = generation.load_tokenizer(str(quick_base))
     prompt = rzero.render_prompt(tokenizer, rzero.solver_messages("What is 1 + 2?"))
     args = dict(TINY, **overrides)
-    return grpo.train_lora(base_model=str(quick_base), dataset=Dataset.from_list([dict(prompt=prompt)]), reward=reward,
-                           tokenizer=tokenizer, output=output, **args)
+    dataset = Dataset.from_list([dict(prompt=prompt, **(columns or {}))])
+    return grpo.train_lora(base_model=str(quick_base), dataset=dataset, reward=reward, tokenizer=tokenizer,
+                           output=output, **args)
 
 
 def by_length(completions, **_):  # differs within almost every group: a signal to learn from
@@ -60,6 +61,26 @@ def test_an_adapter_that_never_moves_although_rewards_differ_is_an_error(quick_b
     assert exit_.value.code == 2
     assert "did not move in 2 optimizer steps although rewards differed" in capsys.readouterr().err
     assert not (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_the_advantage_hook_gets_every_completion_with_its_row_and_its_answer_is_what_trains(quick_base, tmp_path):
+    seen = []
+
+    def zeroed(values, rows):  # what a mitigation sees, and an answer that leaves nothing to learn
+        seen.append((list(values), [r["consistency"] for r in rows]))
+        return [0.0] * len(values)
+
+    # rewards differ within groups, so TRL's advantages do too; the hook zeroes them, so nothing may move
+    with pytest.raises(SystemExit) as exit_:
+        train(quick_base, tmp_path / "zeroed", by_length, columns=dict(consistency=0.3), advantages=zeroed)
+    assert exit_.value.code == 2
+    completions = TINY["prompts_per_step"] * TINY["group_size"]
+    assert len(seen) == TINY["steps"] and all(len(v) == len(c) == completions for v, c in seen)
+    assert all(c == [0.3] * completions for _, c in seen) and any(any(v) for v, _ in seen)
+    # the same run with the hook passing TRL's advantages through trains
+    history = train(quick_base, tmp_path / "kept", by_length, columns=dict(consistency=0.3),
+                    advantages=lambda values, rows: values)
+    assert len(history) == TINY["steps"] and (tmp_path / "kept" / "adapter_model.safetensors").is_file()
 
 
 def test_flat_rewards_in_a_run_too_small_to_judge_are_a_loud_warning(quick_base, tmp_path, capsys):

@@ -140,6 +140,47 @@ def test_the_solver_reward(text, label, expected):
     assert logged["boxed_rate"] == (1.0 if "\\boxed" in text else 0.0)
 
 
+# --- label-decay mitigations (--mitigation) -----------------------------------------------------------
+
+VOTES = ["12"] * 4 + ["13"] * 2 + ["0.5", "7", None, None]  # m = 10: majority 12 with p = 0.4
+
+
+@pytest.mark.parametrize("text, answers, p, expected", [
+    ("\\boxed{12}", VOTES, 0.4, 1.0),  # the majority's answer scores 1
+    ("\\boxed{13}", VOTES, 0.4, 0.5),  # half as many votes: half the reward (the plain reward gives 0)
+    ("\\boxed{1/2}", VOTES, 0.4, 0.25),  # equivalent to one vote (0.5): 1 of the majority's 4
+    ("\\boxed{99}", VOTES, 0.4, 0.0),  # an answer no vote gave
+    ("no box: 12", VOTES, 0.4, 0.0),  # no answer at all
+    ("\\boxed{3}", [None] * 10, 0.0, 0.0),  # no vote had an answer (p = 0)
+])
+def test_restrain_rewards_each_answer_by_its_share_of_the_votes(text, answers, p, expected):
+    import train_solver
+
+    logged = {}
+    assert train_solver.vote_share([text], answers=[answers], consistency=[p], log_metric=logged.__setitem__) == [
+        pytest.approx(expected)]
+    assert logged["boxed_rate"] == (1.0 if "\\boxed" in text else 0.0)
+
+
+@pytest.mark.parametrize("mitigation, p, expected", [
+    ("none", [0.3, 0.7], [1.0, -0.5]),  # the paper: TRL's advantages as they are
+    ("adpo", [0.3, 0.7], [0.3, -0.35]),  # scaled by the label's vote share p
+    ("restrain", [0.3, 0.7], [-0.2, -0.5]),  # p < kappa: every completion pushed down by the penalty
+    ("restrain", [0.5, 0.5], [1.0, -0.5]),  # p = kappa is trusted
+])
+def test_the_solver_advantages_under_each_mitigation(mitigation, p, expected):
+    import rzero
+
+    assert rzero.solver_advantages([1.0, -0.5], p, mitigation, kappa=0.5, penalty=0.2) == pytest.approx(expected)
+
+
+def test_an_unknown_mitigation_is_refused():
+    import rzero
+
+    with pytest.raises(ValueError, match="none, adpo, restrain"):
+        rzero.solver_advantages([1.0], [0.5], "ttrl")
+
+
 # --- the label stage, with a scripted Solver -------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def fake_run(root):
             continue
         write(it / "challenger", dict(stage="train_challenger", reward_mean=0.41 + 0.1 * k))
         write(it / "questions", dict(stage="generate_questions", parsed=190 + k))
-        write(it / "solver", dict(stage="train_solver"))
+        write(it / "solver", dict(stage="train_solver", mitigation="adpo"))
         labeled = dict(stage="label_questions", kept=90 + 7 * k, distinct=180 + k, consistency_mean=0.37 + 0.1 * k,
                        pseudo_label_accuracy=0.452 + 0.1 * k, kept_pseudo_label_accuracy=0.516 + 0.1 * k,
                        trained_label_accuracy=0.516 + 0.1 * k,
@@ -42,6 +42,7 @@ def test_every_cell_is_the_number_of_its_summary(tmp_path):
     fake_run(root)
     run("report", "--run", root, "--output", tmp_path / "report")
     lines = (tmp_path / "report" / "report.md").read_text().splitlines()
+    assert f"### {root} (Solver mitigation: adpo)" in lines  # what the Solver learned from is named
     at = next(i for i, line in enumerate(lines) if line.startswith("| iter |"))
     head = [c.strip() for c in lines[at].strip("|").split("|")]
     rows = {}

@@ -101,6 +101,9 @@ def test_questions_and_labels_hold_what_the_contract_says(it1):
         assert row["kept"] == (rzero.in_band(row["consistency"], 0.5) and bool(row["label"]) and not row["repeat"])
     train = Dataset.from_parquet(str(it1["labeled"] / "train.parquet")).to_list()
     assert [r["question"] for r in train] == [r["question"] for r in labeled if r["kept"]]
+    kept = [r for r in labeled if r["kept"]]  # each kept row's label, p and m answers (--mitigation restrain)
+    assert [(r["label"], r["consistency"], r["answers"]) for r in train] == [
+        (r["label"], r["consistency"], r["answers"]) for r in kept]
     summary = json.loads((it1["labeled"] / "summary.json").read_text())
     assert summary["kept"] == len(train)
     assert sum(summary["consistency_histogram"].values()) == summary["distinct"]
@@ -113,6 +116,8 @@ def test_evaluate_writes_results_samples_and_scores(it1):
     assert len(samples) == 20  # the quick base holds out 20 questions per number of operations
     scored = [json.loads(s)["acc"] for s in samples]
     assert summary["scores"]["rzero_micro_ops2"] == pytest.approx(sum(scored) / len(scored))
+    # a group counts its subtasks' questions, so the report can give its score two standard errors
+    assert summary["samples"]["rzero_micro"] == 80 and summary["samples"]["rzero_micro_ops2"] == 20
 
 
 def test_rerun_skips_and_overwrite_redoes(it1):
@@ -147,6 +152,35 @@ def test_a_killed_stage_is_not_taken_as_done_and_a_rerun_completes(it1, tmp_path
     proc = run("generate_questions", *cmd[2:-6], "--num-samples", "8", "--max-new-tokens", "40")
     assert (out / "DONE").is_file() and not partial.exists()
     assert "skipping" not in proc.stderr
+
+
+@pytest.mark.parametrize("mitigation", ["adpo", "restrain"])
+def test_the_solver_trains_under_each_label_decay_mitigation(it1, tmp_path, mitigation):
+    from safetensors.torch import load_file
+
+    # the relabeled train set's label is `answer`; its votes agree, so restrain's shares reward it as well
+    train = with_column(it1["train"], tmp_path / "train", "answers", [["answer"] * 3])
+    out = tmp_path / "solver"
+    run("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", train, "--output", out,
+        *TINY["solver"], "--mitigation", mitigation)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mitigation"] == mitigation and len(summary["history"]) == summary["steps"] == 2
+    assert any(v.abs().sum() > 0 for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k)
+
+
+def with_column(labeled: Path, out: Path, name: str, value: list) -> Path:
+    """A copy of a labeled artifact whose train.parquet rows all carry `value` in column `name` (or lack it: [])."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(labeled, out)
+    table = pq.read_table(out / "train.parquet").drop_columns([name])
+    if value:
+        table = table.append_column(name, pa.array(value * len(table)))
+    pq.write_table(table, out / "train.parquet")
+    return out
 
 
 @pytest.fixture
@@ -223,6 +257,15 @@ def test_zero_kept_questions(it1, frozen, tmp_path):
     fails_with("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", empty,
                "--output", tmp_path / "out", message="kept zero questions")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_restrain_on_a_train_set_without_its_votes(it1, frozen, tmp_path):
+    old = with_column(it1["train"], tmp_path / "old", "answers", [])  # written before the answers were kept
+    fails_with("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", old, "--output",
+               tmp_path / "out", *TINY["solver"], "--mitigation", "restrain", message="rerun the label stage")
+    fails_with("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", it1["train"], "--output",
+               tmp_path / "out", "--mitigation", "ttrl", message="--mitigation 'ttrl': use one of none, adpo, restrain")
+    assert not (tmp_path / "out").exists()
 
 
 def test_m_below_two(it1, frozen, tmp_path):
