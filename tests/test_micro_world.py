@@ -1,8 +1,8 @@
 """The micro-world base (full recipe): the targets that put it in the regime the R-Zero loop needs.
 
-Built once into the default cache (~/.cache/rzero), shared with the demo (about 10 minutes cold on
-two cores, see the README). The figures are measured again here from the saved folder, with
-another sampling seed, not read from the build's own summary."""
+Built once into the default cache (~/.cache/rzero), shared with the demo (4-5 minutes cold on two
+AVX-512 cores, about 9.5 estimated on two AVX2 ones; see the README). The figures are measured again
+here from the saved folder, with another sampling seed, not read from the build's own summary."""
 
 import json
 from collections import Counter
