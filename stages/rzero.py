@@ -180,7 +180,8 @@ def solver_advantages(advantages: list[float], consistency: list[float], mitigat
                       kappa: float = 0.5, penalty: float = 0.5) -> list[float]:
     """The Solver's GRPO advantages A_i after a label-decay mitigation, given the consistency p of
     each completion's question. none: unchanged. adpo (Agent0's ambiguity-aware advantage scaling,
-    arXiv 2511.16043): A_i * p, so a label few votes agreed on moves the policy less. restrain
+    arXiv 2511.16043): A_i * p, so a label few votes agreed on moves the policy less (ADPO's other
+    half, a clip bound that widens with ambiguity, is not applied: TRL's clip is one constant). restrain
     (RESTRAIN's negative rollout penalization, arXiv 2510.02172): when p < kappa the label is not
     trusted and every completion of that question gets A_i = -penalty (a push away from all of them)."""
     if mitigation == "none":

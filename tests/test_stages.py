@@ -168,6 +168,19 @@ def test_the_solver_trains_under_each_label_decay_mitigation(it1, tmp_path, miti
     assert any(v.abs().sum() > 0 for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_B" in k)
 
 
+@pytest.mark.parametrize("mitigation, p, flags", [("adpo", 0.0, []), ("restrain", 0.3, ["--restrain-penalty", "0"])])
+def test_a_mitigation_that_trusts_no_label_leaves_nothing_to_learn(it1, tmp_path, mitigation, p, flags):
+    # every label distrusted (adpo: p = 0 scales each advantage to 0; restrain: p below kappa, penalty 0), so
+    # the stage's own check finds the adapter unmoved although rewards differed: the knob reaches TRL's loss
+    voted = with_column(it1["train"], tmp_path / "voted", "answers", [["answer"] * 3])
+    train = with_column(voted, tmp_path / "train", "consistency", [p])
+    out = tmp_path / "solver"
+    proc = run("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", train, "--output", out,
+               *TINY["solver"], "--mitigation", mitigation, *flags, check=False)
+    assert proc.returncode == 2 and "did not move" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
+
+
 def with_column(labeled: Path, out: Path, name: str, value: list) -> Path:
     """A copy of a labeled artifact whose train.parquet rows all carry `value` in column `name` (or lack it: [])."""
     import shutil
