@@ -81,6 +81,7 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 DEFAULT_CACHE = Path.home() / ".cache" / "rzero"
+PRECISION_MEMORY = DEFAULT_CACHE / "precision.json"  # the probe's verdicts: one per machine, whatever --cache-dir
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -227,7 +228,7 @@ def main(
         artifacts.fail(f"--dtype {dtype!r}: use auto, fp32 or bf16.")
     if world not in WORLDS:
         artifacts.fail(f"--world {world!r}: use {' or '.join(WORLDS)}.")
-    precision, why = choose_precision(dtype, remember=cache_dir / "precision.json")
+    precision, why = choose_precision(dtype, remember=PRECISION_MEMORY)
     recipe = WORLDS[world]
     if quick:
         recipe = dict(recipe, steps=40, heldout_per_ops=20, hidden_size=64, ff_size=256, num_layers=2, num_heads=1,

@@ -55,6 +55,24 @@ def test_the_first_probe_on_a_cpu_is_kept_and_reused(monkeypatch, tmp_path):
         build_base.choose_precision("auto", remember=remember)
 
 
+def test_builds_in_any_cache_folder_share_the_machines_verdict(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    # a verdict kept per --cache-dir let the tests' quick base (its own cache folder) and a second quick
+    # build (the default one) take bf16 and fp32 on a CPU whose probe wavers: two bases of one recipe
+    asked = []
+
+    def recorded(requested, remember=None):
+        asked.append(remember)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(build_base, "choose_precision", recorded)
+    for folder in ("one", "two"):
+        result = CliRunner().invoke(build_base.app, ["--quick", "--cache-dir", str(tmp_path / folder)])
+        assert result.exit_code == 3
+    assert asked == [build_base.PRECISION_MEMORY] * 2 and tmp_path not in build_base.PRECISION_MEMORY.parents
+
+
 def test_a_bad_dtype_is_one_clear_error():
     from stage_helpers import run
 
