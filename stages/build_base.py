@@ -33,6 +33,8 @@ Examples:
 import hashlib
 import json
 import math
+import os
+import platform
 import random
 import time
 from pathlib import Path
@@ -125,8 +127,6 @@ def choose_precision(requested: str, remember: Path | None = None) -> tuple[str,
     has it natively and a short matmul probe shows it faster. The probe's verdict is kept in
     `remember` (a JSON file, per CPU and thread count) and reused: two probes on one machine can
     disagree (1.0x and 1.3x here), and each answer names another base, so the first one stands."""
-    import os
-
     import torch
 
     if requested != "auto":
@@ -161,8 +161,6 @@ def choose_precision(requested: str, remember: Path | None = None) -> tuple[str,
 
 def _cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
-    import platform
-
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -254,11 +252,11 @@ def main(
     rng = random.Random(recipe["seed"])
     t0 = time.time()
     heldout = microworld.heldout_questions(rng, recipe)
-    held_expressions = {r["question"][len("What is ") : -1] for r in heldout}
     validation = []  # never trained on either; disjoint from the held-out set
     if recipe.get("validation_per_ops"):
-        validation = microworld.heldout_questions(rng, recipe, recipe["validation_per_ops"], held_expressions)
-        held_expressions |= {r["question"][len("What is ") : -1] for r in validation}
+        validation = microworld.heldout_questions(rng, recipe, recipe["validation_per_ops"],
+                                                  exclude=microworld.expressions(heldout))
+    held_expressions = microworld.expressions(heldout + validation)
 
     corpus = [microworld.example(rng, recipe, held_expressions) for _ in range(4000)]
     tokenizer = build_tokenizer([CHAT_TEMPLATE] + [rzero.render_prompt(_ChatML, m) + c for m, c in corpus],

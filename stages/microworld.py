@@ -72,14 +72,18 @@ def question_text(expression: str) -> str:
     return f"What is {expression}?"
 
 
+def expressions(rows: list[dict]) -> set[str]:
+    """The expressions of question rows (`What is <expression>?`): what no training example may contain."""
+    return {r["question"][len("What is ") : -1] for r in rows}
+
+
 def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[dict], str]:
     """(prompt messages, completion) of one training example, resampled while the question or any
     expression left along its solution is a held-out question."""
     challenger = rng.random() < recipe["challenger_share"]
     weights = recipe["challenger_ops_weights" if challenger else "ops_weights"]
     num_ops = rng.choices(range(1, 5), weights=weights)[0]
-    careful = recipe["careful_share"]  # one share, or one per number of operations (the ladder world)
-    careful = careful[num_ops - 1] if isinstance(careful, (list, tuple)) else careful
+    careful = by_ops(recipe["careful_share"], num_ops)  # one share, or one per number of operations (the ladder)
     while True:
         expression, terms = sample_expression(rng, num_ops, recipe)
         lines = solution_lines(rng, terms)
@@ -94,6 +98,11 @@ def example(rng: random.Random, recipe: dict, heldout: set[str]) -> tuple[list[d
     return rzero.solver_messages(question), f"{expression} = {answer}\n\\boxed{{{answer}}}"
 
 
+def by_ops(value, num_ops: int):
+    """A recipe value that is one number for every number of operations, or one per number (1..4)."""
+    return value[num_ops - 1] if isinstance(value, (list, tuple)) else value
+
+
 def heldout_questions(rng: random.Random, recipe: dict, per_ops: int | tuple | None = None,
                       exclude: set[str] = frozenset()) -> list[dict]:
     """`per_ops` (default the recipe's heldout_per_ops; one number, or one per number of operations)
@@ -103,7 +112,7 @@ def heldout_questions(rng: random.Random, recipe: dict, per_ops: int | tuple | N
     rows = []
     for num_ops in range(1, 5):
         seen: set[str] = set()
-        while len(seen) < (per_ops[num_ops - 1] if isinstance(per_ops, (list, tuple)) else per_ops):
+        while len(seen) < by_ops(per_ops, num_ops):
             expression, _ = sample_expression(rng, num_ops, recipe)
             if expression not in seen and expression not in exclude:
                 seen.add(expression)

@@ -61,17 +61,21 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def correctness(completions: list[str], label: list[str], log_metric=None, **_) -> list[float]:
     """The reward TRL calls with each batch of Solver completions and their questions' pseudo-labels
     y (the dataset's `label` column): 1 for an answer equivalent to y, else 0; the boxed rate logged."""
-    if log_metric:
-        log_metric("boxed_rate", sum(rzero.last_boxed(c) is not None for c in completions) / len(completions))
+    log_boxed_rate(completions, log_metric)
     return rzero.solver_rewards(completions, label)
 
 
 def vote_share(completions: list[str], answers: list[list], consistency: list[float], log_metric=None,
                **_) -> list[float]:
     """--mitigation restrain's reward: each answer's share of its question's m votes, the majority's 1."""
+    log_boxed_rate(completions, log_metric)
+    return rzero.vote_weights(completions, answers, consistency)
+
+
+def log_boxed_rate(completions: list[str], log_metric=None) -> None:
+    """The share of completions holding a \\boxed{} answer, which both rewards need (see `needed` below)."""
     if log_metric:
         log_metric("boxed_rate", sum(rzero.last_boxed(c) is not None for c in completions) / len(completions))
-    return rzero.vote_weights(completions, answers, consistency)
 
 
 @app.command()

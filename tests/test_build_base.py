@@ -142,7 +142,7 @@ def test_the_ladder_world_has_a_validation_split_no_training_step_sees(tmp_path)
     split = {name: [json.loads(line) for line in (base / f"{name}.jsonl").read_text().splitlines()]
              for name in ("heldout", "validation")}
     assert Counter(r["num_ops"] for r in split["validation"]) == {1: 10, 2: 20, 3: 20, 4: 20}
-    expressions = {name: {r["question"][len("What is "):-1] for r in rows} for name, rows in split.items()}
+    expressions = {name: microworld.expressions(rows) for name, rows in split.items()}
     assert not expressions["heldout"] & expressions["validation"]  # disjoint: choices never touch the held-out set
     assert all(microworld.format_number(microworld.evaluate_arithmetic(r["question"])) == r["answer"]
                for r in split["validation"])

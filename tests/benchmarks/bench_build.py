@@ -39,7 +39,7 @@ def main() -> None:
 
     recipe = build_base.RECIPE
     rng = random.Random(0)
-    held = {r["question"][len("What is "):-1] for r in microworld.heldout_questions(rng, recipe)}
+    held = microworld.expressions(microworld.heldout_questions(rng, recipe))
     corpus = [microworld.example(rng, recipe, held) for _ in range(4000)]
     tokenizer = build_base.build_tokenizer(
         [build_base.CHAT_TEMPLATE] + [rzero.render_prompt(build_base._ChatML, m) + c for m, c in corpus],
