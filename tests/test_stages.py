@@ -181,6 +181,17 @@ def test_a_mitigation_that_trusts_no_label_leaves_nothing_to_learn(it1, tmp_path
     assert not out.exists()
 
 
+def test_restrain_rewards_the_votes_not_the_label(it1, tmp_path):
+    # the label is `answer`, which the quick base writes now and then (the plain reward pays for it), but no
+    # vote gave it: restrain's reward is each answer's share of the votes, so no completion earns anything
+    train = with_column(it1["train"], tmp_path / "train", "answers", [["zzz"] * 3])
+    out = tmp_path / "solver"
+    run("train_solver", "--base-model", it1["base"], "--iteration", "1", "--train", train, "--output", out,
+        *TINY["solver"], "--mitigation", "restrain")
+    history = json.loads((out / "summary.json").read_text())["history"]
+    assert [h["reward"] for h in history] == [0.0, 0.0] and all(h["boxed_rate"] > 0 for h in history)
+
+
 def with_column(labeled: Path, out: Path, name: str, value: list) -> Path:
     """A copy of a labeled artifact whose train.parquet rows all carry `value` in column `name` (or lack it: [])."""
     import shutil
