@@ -74,6 +74,8 @@ fi
 : "${LR:=1e-5}"                 # LoRA learning rate (paper: 1e-6 for full fine-tuning)
 : "${LORA_RANK:=64}"            # LoRA rank for both roles
 : "${MAX_NEW_TOKENS:=4096}"     # max tokens per completion, both roles (paper)
+: "${CHALLENGER_MAX_NEW_TOKENS:=$MAX_NEW_TOKENS}"  # the Challenger's own cap: a longer question is cut, parses as
+                                # none and earns 0, so it also caps question length (ladder: 12 = 4 operations)
 : "${MICRO_BATCH_SIZE:=8}"      # completions per forward/backward pass on one GPU
 : "${EVAL_MAX_NEW_TOKENS:=0}"   # 0 = each task's own (4096 math, 8192 general, as the paper)
 : "${SOLVER_SERVER:=0}"         # 1: serve the frozen Solver with `vllm serve` for step 1 (GPU box)
@@ -141,7 +143,7 @@ if [[ "$BASE_MODEL" == micro ]]; then
   : "${EVAL_TASKS:=rzero_micro}"
 fi
 : "${EVAL_TASKS:=rzero_all}"
-log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | mitigation $MITIGATION | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM | generation x $DATA_PARALLEL"
+log "run $RUN | base $BASE_MODEL | iterations $FIRST_ITERATION..$((FIRST_ITERATION + ITERATIONS - 1)) | challenger $CHALLENGER | labels $LABEL_SOURCE | mitigation $MITIGATION | challenger cap $CHALLENGER_MAX_NEW_TOKENS tokens | training $DISTRIBUTED x $NUM_PROCESSES, $QUANTIZATION, TRL vLLM $TRL_VLLM | generation x $DATA_PARALLEL"
 
 solver_pid=""
 stop_solver_server() {
@@ -241,7 +243,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
       --lora-rank "$LORA_RANK" \
       --lora-alpha $((2 * LORA_RANK)) \
       --micro-batch-size "$MICRO_BATCH_SIZE" \
-      --max-new-tokens "$MAX_NEW_TOKENS" \
+      --max-new-tokens "$CHALLENGER_MAX_NEW_TOKENS" \
       --solver-max-new-tokens "$MAX_NEW_TOKENS" \
       --seed "$SEED" \
       --hub-repo "$HUB_CHALLENGER" \
@@ -259,7 +261,7 @@ for (( k = FIRST_ITERATION; k < FIRST_ITERATION + ITERATIONS; k++ )); do
     --challenger-adapter "$challenger" \
     --output "$here/questions" \
     --num-samples "$N" \
-    --max-new-tokens "$MAX_NEW_TOKENS" \
+    --max-new-tokens "$CHALLENGER_MAX_NEW_TOKENS" \
     --seed "$SEED" \
     --data-parallel "$DATA_PARALLEL" \
     --hub-repo "$HUB_QUESTIONS"

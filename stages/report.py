@@ -116,6 +116,14 @@ def fmt(value, percent: bool = False) -> str:
     return f"{100 * value:.1f}" if percent else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
 
+def challenger_capped(row: dict) -> bool:
+    """The questions were written under a shorter cap than the Solver's answers (CHALLENGER_MAX_NEW_TOKENS):
+    a cap on question length, which changes what the Challenger can write."""
+    cap = (row.get("questions") or {}).get("args", {}).get("max_new_tokens")
+    solver = (row.get("labeled") or {}).get("args", {}).get("max_new_tokens")
+    return cap is not None and solver is not None and int(cap) < int(solver)
+
+
 def table(run: Path, rows: list[dict]) -> list[str]:
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("evaluate", {}).get("scores", {})))
     paper = [p for p in ("MATH-avg", "Overall")
@@ -126,7 +134,10 @@ def table(run: Path, rows: list[dict]) -> list[str]:
             "Challenger reward", "minutes per stage"]
     mitigations = sorted({r["solver"]["mitigation"] for r in rows if r.get("solver", {}).get("mitigation", "none")
                           != "none"})  # a label-decay mitigation changes what the column below means
-    lines = [f"### {run}" + (f" (Solver mitigation: {', '.join(mitigations)})" if mitigations else ""), "",
+    caps = sorted({int(r["questions"]["args"]["max_new_tokens"]) for r in rows if challenger_capped(r)})
+    notes = ([f"Solver mitigation: {', '.join(mitigations)}"] if mitigations else []) + \
+            ([f"Challenger capped at {', '.join(map(str, caps))} new tokens"] if caps else [])
+    lines = [f"### {run}" + (f" ({'; '.join(notes)})" if notes else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ev, q, lab, ch = r.get("evaluate", {}), r.get("questions", {}), r.get("labeled", {}), r.get("challenger", {})

@@ -165,6 +165,16 @@ def test_the_ladder_world_has_a_validation_split_no_training_step_sees(tmp_path)
     # the ladder: two operations are worked nearly always, three and four now and then (careful_share by rung)
     assert ops[3, True] + ops[4, True] < 0.6 * (ops[3, False] + ops[4, False])
     assert ops[2, True] > 4 * ops[2, False]
+    # the README's Challenger cap for this world: CHALLENGER_MAX_NEW_TOKENS=12 closes a question of up to four
+    # operations (the longest the base was trained on) and cuts any longer one, which then parses as none
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    for num_ops in range(1, 7):
+        expression = " - ".join(["9"] * (num_ops + 1))
+        question = microworld.question_text(expression)
+        ids = tokenizer(f"<question>{question}</question>\n\\boxed{{-99}}")["input_ids"]
+        assert (rzero.extract_question(tokenizer.decode(ids[:12])) == question) == (num_ops <= 4), num_ops
 
 
 def test_an_unknown_world_is_one_clear_error():

@@ -14,7 +14,8 @@ from stage_helpers import ROOT, env
 
 # One iteration in about a minute on the quick base; each knob is the driver's own.
 KNOBS = dict(ITERATIONS="1", RUN="t", N="16", M="3", DELTA="0.5", CHALLENGER_STEPS="1", CHALLENGER_PROMPTS_PER_STEP="2",
-             SOLVER_STEPS="1", SOLVER_PROMPTS_PER_STEP="2", MICRO_BATCH_SIZE="2", MAX_NEW_TOKENS="32", LORA_RANK="4",
+             SOLVER_STEPS="1", SOLVER_PROMPTS_PER_STEP="2", MICRO_BATCH_SIZE="2", MAX_NEW_TOKENS="32",
+             CHALLENGER_MAX_NEW_TOKENS="24", LORA_RANK="4",
              EVAL_TASKS="rzero_micro", EVAL_MAX_NEW_TOKENS="32")
 STAGE_FOLDERS = ["iter00/evaluate", "iter01/challenger", "iter01/questions", "iter01/labeled", "iter01/solver",
                  "iter01/evaluate"]
@@ -65,6 +66,10 @@ def test_driver_resumes_after_a_kill_inside_each_stage(quick_base, tmp_path):
         assert whole_value == killed_value, (folder, key)
     solver = json.loads((killed / "t" / "iter01" / "solver" / "summary.json").read_text())
     assert solver["steps"] == len(solver["history"]) == int(KNOBS["SOLVER_STEPS"])
+    # the Challenger's own cap reached both stages that sample it, and only them
+    caps = {stage: json.loads((whole / "t" / "iter01" / stage / "summary.json").read_text())["args"]["max_new_tokens"]
+            for stage in ("challenger", "questions", "labeled", "solver")}
+    assert {stage: int(cap) for stage, cap in caps.items()} == dict(challenger=24, questions=24, labeled=32, solver=32)
 
 def test_the_control_is_one_knob_and_an_old_knob_name_still_works(quick_base, tmp_path):
     # CHALLENGER=base: no Challenger is trained, the untrained base writes the questions (the paper's

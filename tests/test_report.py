@@ -23,12 +23,12 @@ def fake_run(root):
         if k == 0:
             continue
         write(it / "challenger", dict(stage="train_challenger", reward_mean=0.41 + 0.1 * k))
-        write(it / "questions", dict(stage="generate_questions", parsed=190 + k))
+        write(it / "questions", dict(stage="generate_questions", parsed=190 + k, args=dict(max_new_tokens="12")))
         write(it / "solver", dict(stage="train_solver", mitigation="adpo"))
         labeled = dict(stage="label_questions", kept=90 + 7 * k, distinct=180 + k, consistency_mean=0.37 + 0.1 * k,
                        pseudo_label_accuracy=0.452 + 0.1 * k, kept_pseudo_label_accuracy=0.516 + 0.1 * k,
                        trained_label_accuracy=0.516 + 0.1 * k,
-                       consistency_histogram={f"{v}/10": v + k for v in range(11)})
+                       consistency_histogram={f"{v}/10": v + k for v in range(11)}, args=dict(max_new_tokens="64"))
         if k == 2:
             (it / "labeled").mkdir()
             (it / "labeled" / "summary.json").write_text(json.dumps(labeled))  # killed before DONE: not shown
@@ -42,7 +42,8 @@ def test_every_cell_is_the_number_of_its_summary(tmp_path):
     fake_run(root)
     run("report", "--run", root, "--output", tmp_path / "report")
     lines = (tmp_path / "report" / "report.md").read_text().splitlines()
-    assert f"### {root} (Solver mitigation: adpo)" in lines  # what the Solver learned from is named
+    # what the Solver learned from is named, and a Challenger whose questions were capped shorter than the answers
+    assert f"### {root} (Solver mitigation: adpo; Challenger capped at 12 new tokens)" in lines
     at = next(i for i, line in enumerate(lines) if line.startswith("| iter |"))
     head = [c.strip() for c in lines[at].strip("|").split("|")]
     rows = {}
