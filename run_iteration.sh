@@ -37,7 +37,7 @@ for pair in LABELS:LABEL_SOURCE MICRO_BATCH:MICRO_BATCH_SIZE CHALLENGER_PROMPTS:
   fi
 done
 : "${BASE_MODEL:=micro}"      # base model folder or Hub id; "micro" = build or find the micro-world base
-: "${WORLD:=default}"         # micro-world: default | ladder (build_base --world; ladder adds a validation split)
+: "${WORLD:=default}"         # micro-world: default | ladder | steep (build_base --world; ladder and steep add a validation split)
 : "${DTYPE:=auto}"            # micro-world base precision on the CPU: auto | fp32 | bf16 (build_base --dtype)
 : "${RUN:=demo}"              # run name: artifacts in $RUNS_DIR/$RUN/iterNN/<stage>
 : "${RUNS_DIR:=runs}"         # where runs live
@@ -139,7 +139,7 @@ stage() {
 if [[ "$BASE_MODEL" == micro ]]; then
   log "micro-world base: build or find in the cache"
   BASE_MODEL=$($PYTHON stages/build_base.py --world "$WORLD" --dtype "$DTYPE")
-  if [[ "$WORLD" == ladder ]]; then : "${EVAL_TASKS:=rzero_micro,rzero_micro_val}"; fi  # choices: on validation
+  if [[ "$WORLD" != default ]]; then : "${EVAL_TASKS:=rzero_micro,rzero_micro_val}"; fi  # choices: on validation
   : "${EVAL_TASKS:=rzero_micro}"
 fi
 : "${EVAL_TASKS:=rzero_all}"

@@ -4,7 +4,7 @@ exactly the Challenger and Solver formats (DESIGN.md sections 3 and 5), imperfec
 Reads nothing and needs no network. Writes a model folder that `AutoModelForCausalLM` and
 `AutoTokenizer` load with no extra arguments (ChatML chat template, pad token, left padding),
 plus `heldout.jsonl` (question, answer, num_ops: questions no training step ever sees, not even
-as an intermediate line of a worked solution), for --world ladder `validation.jsonl` (the same, disjoint
+as an intermediate line of a worked solution), for --world ladder or steep `validation.jsonl` (the same, disjoint
 from the held-out set: where choices are made), `summary.json` and `DONE`. The folder is named by
 a hash of the recipe, so a second build of the same recipe is a cache hit.
 
@@ -28,6 +28,7 @@ Examples:
   python stages/build_base.py --quick --cache-dir /tmp/rzero   # seconds: formats only, for plumbing tests
   python stages/build_base.py --dtype fp32                     # force fp32 (to time the path most CPUs take)
   python stages/build_base.py --world ladder                   # the ladder world, with validation.jsonl
+  python stages/build_base.py --world steep                    # the ladder with an untrained Challenger that writes easy questions
 """
 
 import hashlib
@@ -75,7 +76,11 @@ LADDER = dict(
     validation_per_ops=(20, 200, 200, 200),   # validation.jsonl, for choices: the held-out set takes 200 of the
     steps=1000,                               # 300 one-operation questions, so 20 here leave 80 to train on;
 )                                             # 1,000 steps: the recipe its runs in the README were measured on
-WORLDS = {"default": RECIPE, "ladder": LADDER}
+# The steep ladder: the same base, but its untrained Challenger writes one-operation questions almost only
+# (which the base gets right, out of the band), so the control's band is nearly empty and the longer
+# questions the Solver can learn from come only from a Challenger trained toward them.
+STEEP = dict(LADDER, world="steep", challenger_ops_weights=(10, 0.5, 0.1, 0.05))
+WORLDS = {"default": RECIPE, "ladder": LADDER, "steep": STEEP}
 WORLD_VERSION = 4  # bump whenever the world, the solution format or the training loop changes
 CHAT_TEMPLATE = (
     "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
@@ -214,7 +219,8 @@ def main(
                              rich_help_panel="Method"),
     world: str = typer.Option("default", help="default (recipe v4: any band question teaches the Solver to work "
                               "step by step) or ladder (long chains are rare in the base and in the untrained "
-                              "Challenger's questions; has a validation split).", rich_help_panel="Method"),
+                              "Challenger's questions; has a validation split) or steep (the ladder, with an untrained "
+                              "Challenger that writes one-operation questions almost only).", rich_help_panel="Method"),
     dtype: str = typer.Option("auto", help="Training precision on the CPU: auto (bf16 only where the CPU has it "
                               "natively and it measures faster), fp32 or bf16. Part of the recipe hash.",
                               rich_help_panel="Training"),
@@ -225,7 +231,7 @@ def main(
     if dtype not in ("auto", "fp32", "bf16"):
         artifacts.fail(f"--dtype {dtype!r}: use auto, fp32 or bf16.")
     if world not in WORLDS:
-        artifacts.fail(f"--world {world!r}: use {' or '.join(WORLDS)}.")
+        artifacts.fail(f"--world {world!r}: use {', '.join(list(WORLDS)[:-1])} or {list(WORLDS)[-1]}.")
     precision, why = choose_precision(dtype, remember=PRECISION_MEMORY)
     recipe = WORLDS[world]
     if quick:

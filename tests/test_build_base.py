@@ -181,4 +181,26 @@ def test_an_unknown_world_is_one_clear_error():
     from stage_helpers import run
 
     proc = run("build_base", "--quick", "--world", "tiny", check=False)
-    assert proc.returncode == 2 and "--world 'tiny': use default or ladder" in proc.stderr
+    assert proc.returncode == 2 and "--world 'tiny': use default, ladder or steep" in proc.stderr
+
+
+def test_the_steep_world_is_the_ladder_with_an_untrained_challenger_that_writes_easy_questions():
+    import random
+
+    import microworld
+
+    ladder, steep = build_base.WORLDS["ladder"], build_base.WORLDS["steep"]
+    changed = {k for k in ladder.keys() | steep.keys() if ladder.get(k) != steep.get(k)}
+    assert changed == {"world", "challenger_ops_weights"}  # the same Solver curriculum and base, another Challenger
+
+    def challenger_ops(recipe) -> Counter:
+        rng, ops = random.Random(0), Counter()
+        for _ in range(4000):
+            _, completion = microworld.example(rng, recipe, set())
+            if completion.startswith("<question>"):
+                ops[completion.split("</question>")[0].count(" ") // 2 - 1] += 1
+        return ops
+
+    for recipe, one_op_share in ((ladder, (0.5, 0.7)), (steep, (0.9, 1.0))):
+        ops = challenger_ops(recipe)
+        assert one_op_share[0] < ops[1] / sum(ops.values()) < one_op_share[1], (recipe["world"], ops)
