@@ -17,12 +17,17 @@ Challenger reward, and minutes per stage.
 Under each table, the report reads the run: the best iteration by the held-out headline score with
 two standard errors (by the probe's label accuracy where nothing was evaluated), and one line on label
 decay: label accuracy (the probe's, else the kept questions') or mean consistency p falling by more
-than DECAY_ACCURACY / DECAY_CONSISTENCY from one iteration to the next.
+than DECAY_ACCURACY / DECAY_CONSISTENCY from one iteration to the next. With `--arm`, a table across
+seeds: each arm's mean held-out score per iteration +- two standard errors over its seeds, and each
+arm's difference from the first at the last iteration (a run stopped by an iteration that kept nothing
+keeps the score of the Solver it left).
 
 Examples:
   python stages/report.py --run runs/demo --output runs/demo/report
   python stages/report.py --run runs/demo --run runs/demo-control --run runs/demo-truth --output report
   python stages/report.py --run hf://me/demo --output runs/demo/report
+  python stages/report.py --arm loop=runs/loop-s0,runs/loop-s1,runs/loop-s2 \
+                          --arm control=runs/control-s0,runs/control-s1,runs/control-s2 --output report
 """
 
 import csv
@@ -219,6 +224,61 @@ def reading(rows: list[dict]) -> tuple[list[str], dict]:
     return ([*lines, ""] if lines else []), dict(best=best, decay=falls)
 
 
+def seed_scores(rows: list[dict], task: str, last: int) -> list[float | None]:
+    """A run's `task` score at iterations 0..last. A run that stopped because an iteration kept no
+    question (the Solver stage refuses to train on nothing) keeps the score of the Solver it left."""
+    by_k = {r["iteration"]: r for r in rows}
+    scores, stopped = [], False
+    for k in range(last + 1):
+        row = by_k.get(k, {})
+        stopped = stopped or (row.get("labeled") or {}).get("kept") == 0
+        score = headline_scores(row["evaluate"]).get(task) if row.get("evaluate") else None
+        scores.append(score if score is not None or not stopped else (scores[-1] if scores else None))
+    return scores
+
+
+def across_seeds(arms: dict[str, list[list[dict]]]) -> tuple[list[str], dict]:
+    """The arms' held-out headline score per iteration over their seeds: mean +- two standard errors
+    of the mean (the spread between seeds, which on a CPU is larger than one test set's binomial
+    error), and each arm against the first: the difference of means +- two standard errors of it."""
+    import statistics
+
+    evaluated = [r["evaluate"] for runs in arms.values() for rows in runs for r in rows if r.get("evaluate")]
+    if not evaluated:
+        return [], {}
+    task = headline(evaluated[0])
+    last = max(r["iteration"] for runs in arms.values() for rows in runs for r in rows)
+    stats = {}
+    for name, runs in arms.items():
+        per_seed = [seed_scores(rows, task, last) for rows in runs]
+        stats[name] = []
+        for k in range(last + 1):
+            values = [s[k] for s in per_seed if s[k] is not None]
+            mean = statistics.mean(values) if values else None
+            two_se = 2 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+            stats[name].append(dict(mean=mean, two_se=two_se, seeds=values))
+    head = ["arm", "seeds", *(f"iteration {k}" for k in range(last + 1))]
+    lines = [f"### Across seeds: {task}, mean +- two standard errors of the mean (per seed)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cells in stats.items():
+        lines.append("| " + " | ".join([name, str(len(arms[name]))] + [
+            "-" if c["mean"] is None else f"{100 * c['mean']:.1f}"
+            + (f" +- {100 * c['two_se']:.1f}" if c["two_se"] is not None else "")
+            + f" ({', '.join(f'{100 * v:.1f}' for v in c['seeds'])})" for c in cells]) + " |")
+    lines.append("")
+    first, *others = stats
+    differences = {}
+    for name in others:
+        a, b = stats[name][last], stats[first][last]
+        if a["mean"] is None or b["mean"] is None or a["two_se"] is None or b["two_se"] is None:
+            continue
+        diff, two_se = a["mean"] - b["mean"], (a["two_se"] ** 2 + b["two_se"] ** 2) ** 0.5
+        differences[name] = dict(against=first, iteration=last, difference=diff, two_se=two_se)
+        lines.append(f"**{name} - {first}** at iteration {last}: {100 * diff:+.1f} points, two standard errors of "
+                     f"the difference {100 * two_se:.1f}: {'beyond' if abs(diff) > two_se else 'inside'} the noise.")
+    return lines + [""], dict(task=task, arms=stats, differences=differences)
+
+
 def headline_scores(evaluation: dict) -> dict[str, float]:
     """Every score of an evaluate summary: its tasks and groups, and the paper's MATH-avg and Overall."""
     paper = {k: v for k, v in (evaluation.get("paper") or {}).items() if v is not None}
@@ -294,13 +354,26 @@ def plots(runs: dict[Path, list[dict]], out: Path) -> list[str]:
 
 @app.command()
 def main(
-    run: list[str] = typer.Option(..., help="Run folder (runs/<run>) or a run on the Hub (hf://<ns>/<run>); repeat "
+    run: list[str] = typer.Option([], help="Run folder (runs/<run>) or a run on the Hub (hf://<ns>/<run>); repeat "
                                   "to put runs side by side (loop, control, upper bound).", rich_help_panel="Inputs"),
+    arm: list[str] = typer.Option([], help="NAME=RUN,RUN,...: one arm's runs over several seeds (SEED=0,1,...); "
+                                  "repeat per arm. Adds the mean +- two standard errors over seeds per iteration, and "
+                                  "each arm against the first. Its runs also get their own tables.",
+                                  rich_help_panel="Inputs"),
     output: Path = typer.Option(..., help="Folder for report.md and the PNG plots (rebuilt every time).",
                                 rich_help_panel="Outputs"),
 ):
     """Markdown table and plots across iterations; prints the table."""
-    run = [r if r.startswith("hf://") else Path(r) for r in run]
+    arms: dict[str, list] = {}
+    for spec in arm:
+        name, _, members = spec.partition("=")
+        if not name or not members:
+            artifacts.fail(f"--arm {spec!r}: write NAME=RUN,RUN,... (for example loop=runs/loop-s0,runs/loop-s1).")
+        arms[name] = [m if m.startswith("hf://") else Path(m) for m in members.split(",") if m]
+    run = list(dict.fromkeys([r if r.startswith("hf://") else Path(r) for r in run]
+                             + [m for members in arms.values() for m in members]))
+    if not run:
+        artifacts.fail("Nothing to report: pass --run (a run folder or hf:// run) or --arm NAME=RUN,RUN,...")
     for r in run:
         if isinstance(r, Path) and not r.is_dir():
             artifacts.fail(f"--run {r} does not exist. Pass a run folder such as runs/demo.")
@@ -311,12 +384,14 @@ def main(
     for r, rows in runs.items():
         text, readings[str(r)] = reading(rows)
         lines += table(r, rows) + text
+    seeds, seed_summary = across_seeds({name: [runs[m] for m in members] for name, members in arms.items()})
+    lines += seeds
     images = plots(runs, partial)
     lines += [f"![{name}]({name})" for name in images]
     (partial / "report.md").write_text("\n".join(lines) + "\n")
     iterations = {str(r): [x["iteration"] for x in rows] for r, rows in runs.items()}
     artifacts.finish(partial, output, dict(stage="report", runs=[str(r) for r in run], images=images,
-                                           iterations=iterations, reading=readings))
+                                           iterations=iterations, reading=readings, across_seeds=seed_summary))
     print("\n".join(line for line in lines if not line.startswith("![")))
     artifacts.log(f"report: {len(run)} run(s) -> {output / 'report.md'}")
 

@@ -121,3 +121,32 @@ def test_no_decay_is_said_in_one_line(tmp_path):
     assert ("No label decay: label accuracy and mean p (kept questions) fell by no more than 5 points and 0.05 "
             "between iterations.") in text and got["decay"]["falls"] == []
     assert "**Best iteration: 1** by rzero_micro: 77.0." in text  # no question count: no error bar
+
+
+def test_arms_over_seeds_give_mean_two_standard_errors_and_the_difference(tmp_path):
+    # two seeds of a loop; three of a control, one of which kept nothing at iteration 2 and so stopped there
+    # with the Solver of iteration 1 (its score carries on)
+    runs = {}
+    for name, scores, kept in (("loop-s0", [0.50, 0.60, 0.70], [5, 5]), ("loop-s1", [0.50, 0.56, 0.66], [5, 5]),
+                               ("control-s0", [0.50, 0.55, 0.60], [5, 5]), ("control-s1", [0.50, 0.52], [5, 0]),
+                               ("control-s2", [0.50, 0.57, 0.58], [5, 5])):
+        runs[name] = tmp_path / name
+        labeled_run(runs[name], scores, [dict(kept=n, kept_pseudo_label_accuracy=0.5, consistency_mean=0.5) for n in kept])
+    run("report", "--arm", f"loop={runs['loop-s0']},{runs['loop-s1']}",
+        "--arm", f"control={runs['control-s0']},{runs['control-s1']},{runs['control-s2']}", "--output", tmp_path / "r")
+    text = (tmp_path / "r" / "report.md").read_text()
+    # loop at 2: mean 68.0, sd 2.83, 2 SE = 2 x 2.83 / sqrt 2 = 4.0; control at 2: 60, 52 (carried), 58: mean 56.67,
+    # sd 4.16, 2 SE 4.8; the difference -11.3 +- sqrt(4.0^2 + 4.8^2) = 6.3
+    assert "| loop | 2 | 50.0 +- 0.0 (50.0, 50.0) | 58.0 +- 4.0 (60.0, 56.0) | 68.0 +- 4.0 (70.0, 66.0) |" in text
+    assert "| control | 3 | 50.0 +- 0.0 (50.0, 50.0, 50.0) | 54.7 +- 2.9 (55.0, 52.0, 57.0) | 56.7 +- 4.8 (60.0, 52.0, 58.0) |" in text
+    assert ("**control - loop** at iteration 2: -11.3 points, two standard errors of the difference 6.3: beyond the "
+            "noise.") in text
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())["across_seeds"]
+    assert summary["task"] == "rzero_micro" and abs(summary["differences"]["control"]["difference"] + 0.1133) < 1e-3
+    assert set(summary["arms"]) == {"loop", "control"} and f"### {runs['control-s1']}" in text  # each run's own table
+
+
+def test_an_arm_without_runs_is_one_clear_error(tmp_path):
+    proc = run("report", "--arm", "loop", "--output", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "--arm 'loop': write NAME=RUN,RUN,..." in proc.stderr
+    assert not (tmp_path / "r").exists()
