@@ -33,6 +33,7 @@ Examples:
 import csv
 import json
 import re
+import statistics
 from pathlib import Path
 
 import typer
@@ -121,12 +122,12 @@ def fmt(value, percent: bool = False) -> str:
     return f"{100 * value:.1f}" if percent else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
 
-def challenger_capped(row: dict) -> bool:
-    """The questions were written under a shorter cap than the Solver's answers (CHALLENGER_MAX_NEW_TOKENS):
-    a cap on question length, which changes what the Challenger can write."""
+def challenger_cap(row: dict) -> int | None:
+    """The Challenger's cap on new tokens where it is shorter than the Solver's (CHALLENGER_MAX_NEW_TOKENS):
+    a cap on question length, which changes what the Challenger can write; else None."""
     cap = (row.get("questions") or {}).get("args", {}).get("max_new_tokens")
     solver = (row.get("labeled") or {}).get("args", {}).get("max_new_tokens")
-    return cap is not None and solver is not None and int(cap) < int(solver)
+    return int(cap) if cap is not None and solver is not None and int(cap) < int(solver) else None
 
 
 def table(run: Path, rows: list[dict]) -> list[str]:
@@ -139,7 +140,7 @@ def table(run: Path, rows: list[dict]) -> list[str]:
             "Challenger reward", "minutes per stage"]
     mitigations = sorted({r["solver"]["mitigation"] for r in rows if r.get("solver", {}).get("mitigation", "none")
                           != "none"})  # a label-decay mitigation changes what the column below means
-    caps = sorted({int(r["questions"]["args"]["max_new_tokens"]) for r in rows if challenger_capped(r)})
+    caps = sorted({cap for cap in map(challenger_cap, rows) if cap is not None})
     notes = ([f"Solver mitigation: {', '.join(mitigations)}"] if mitigations else []) + \
             ([f"Challenger capped at {', '.join(map(str, caps))} new tokens"] if caps else [])
     lines = [f"### {run}" + (f" ({'; '.join(notes)})" if notes else ""), "",
@@ -241,8 +242,6 @@ def across_seeds(arms: dict[str, list[list[dict]]]) -> tuple[list[str], dict]:
     """The arms' held-out headline score per iteration over their seeds: mean +- two standard errors
     of the mean (the spread between seeds, which on a CPU is larger than one test set's binomial
     error), and each arm against the first: the difference of means +- two standard errors of it."""
-    import statistics
-
     evaluated = [r["evaluate"] for runs in arms.values() for rows in runs for r in rows if r.get("evaluate")]
     if not evaluated:
         return [], {}
@@ -260,11 +259,14 @@ def across_seeds(arms: dict[str, list[list[dict]]]) -> tuple[list[str], dict]:
     head = ["arm", "seeds", *(f"iteration {k}" for k in range(last + 1))]
     lines = [f"### Across seeds: {task}, mean +- two standard errors of the mean (per seed)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def cell(c: dict) -> str:
+        if c["mean"] is None:
+            return "-"
+        error = f" +- {100 * c['two_se']:.1f}" if c["two_se"] is not None else ""
+        return f"{100 * c['mean']:.1f}{error} ({', '.join(f'{100 * v:.1f}' for v in c['seeds'])})"
+
     for name, cells in stats.items():
-        lines.append("| " + " | ".join([name, str(len(arms[name]))] + [
-            "-" if c["mean"] is None else f"{100 * c['mean']:.1f}"
-            + (f" +- {100 * c['two_se']:.1f}" if c["two_se"] is not None else "")
-            + f" ({', '.join(f'{100 * v:.1f}' for v in c['seeds'])})" for c in cells]) + " |")
+        lines.append("| " + " | ".join([name, str(len(arms[name])), *map(cell, cells)]) + " |")
     lines.append("")
     first, *others = stats
     differences = {}
